@@ -1,0 +1,49 @@
+# Every target depends on the environment, so a fresh clone needs no separate set-up step.
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+DATA_ROOT   ?= $(CURDIR)/data
+DS          ?= 2026-11-28
+DAYS        ?= 3
+PYTEST_ARGS ?=
+
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYTHONHASHSEED = 0
+
+.PHONY: setup test test-all local-pipeline bench-prep lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON_BOOT) >/dev/null || { echo "error: $(PYTHON_BOOT) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m jobs.spark --check-java
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+# The pipeline as far as it is built: sample logs -> behaviour sequences.
+local-pipeline: $(STAMP)
+	$(PY) -m jobs.sample_data --out $(DATA_ROOT)/raw --end-ds $(DS) --days $(DAYS)
+	$(PY) -m jobs.build_sequences --data-root $(DATA_ROOT) --ds $(DS) --lookback-days $(DAYS)
+
+bench-prep: $(STAMP)
+	$(PY) -m bench.bench_prep
+
+# Regenerate the fully pinned lock from requirements.in (needs the package registry).
+lock:
+	rm -rf .venv-lock && $(PYTHON_BOOT) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements.in
+	.venv-lock/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache spark-warehouse
