@@ -1,0 +1,535 @@
+"""Spark job: raw behaviour logs -> behaviour sequences (Parquet) for one ds.
+
+    extract(spark, cfg)            read the look-back window of raw partitions + profiles
+    transform(events, ..., cfg)    quarantine, de-duplicate, filter, vocabulary, split,
+                                   training / evaluation / serving sequences, statistics
+    load(outputs, cfg)             write everything under a temporary folder, rename it in
+
+Output, all under `<data_root>/sequences/ds=<ds>/` and published in one rename:
+    train/ valid/ test/ latest/ users/ items/ quarantine/ vocab/<name>/ stats.json
+Identity reported in stats.json and checked before anything is published:
+    input = kept + quarantined + duplicates + filtered
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs.spark import start_spark
+from jobs.storage import staged_dir, write_json
+from jobs.validation import InputError, check_schema
+from schemas import (
+    BEHAVIORS, EVAL_SAMPLES, FIRST_IDX, ITEM_FEATURES, LATEST_SEQUENCES, PAD_IDX,
+    PROFILE_FIELDS, QUARANTINE, RAW_EVENTS, TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, USERS,
+    VOCAB, VOCAB_NAMES, Table,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS = RAW_EVENTS.data_names  # user_id ... event_time
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class PrepConfig:
+    """Parameters of the build-sequences job (defaults suit daily Tmall-like logs)."""
+
+    data_root: Path
+    ds: str                      # the run's date, YYYY-MM-DD: the last day of the window
+    lookback_days: int = 30      # window = [ds - lookback_days + 1, ds]
+    min_item_count: int = 5      # paper: 10 on Amazon Books
+    min_user_count: int = 5
+    filter_rounds: int = 1       # item-then-user passes; >1 approaches a k-core
+    max_len: int = 50            # L: behaviours kept before each target (hist padded to L)
+    split_buckets: int = 20      # users hashed into buckets: 1 test bucket => 19:1
+    valid_buckets: int = 1       # buckets taken from the training side for validation
+    seed: int = 42
+    min_row_groups: int = 16     # >= the largest number of training processes
+    rows_per_file: int = 200_000
+    master: str | None = None    # Spark master URL; None -> MIND_SPARK_MASTER or local[*]
+    events_dir: Path | None = None    # default <data_root>/raw/events
+    profiles_dir: Path | None = None  # default <data_root>/raw/profiles (optional input)
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_root = Path(self.data_root)
+        dt.date.fromisoformat(self.ds)  # raises on a malformed date
+        if self.lookback_days < 1 or self.max_len < 1:
+            raise ValueError("lookback_days and max_len must be >= 1")
+        if not 0 <= self.valid_buckets < self.split_buckets - 1:
+            raise ValueError("valid_buckets must leave at least one training bucket")
+
+    @property
+    def events_root(self) -> Path:
+        return Path(self.events_dir or self.data_root / "raw" / "events")
+
+    @property
+    def profiles_root(self) -> Path:
+        return Path(self.profiles_dir or self.data_root / "raw" / "profiles")
+
+    @property
+    def output_root(self) -> Path:
+        return self.data_root / "sequences"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output_root / f"ds={self.ds}"
+
+    def window_days(self) -> list[str]:
+        end = dt.date.fromisoformat(self.ds)
+        return [(end - dt.timedelta(days=k)).isoformat()
+                for k in range(self.lookback_days - 1, -1, -1)]
+
+
+# ------------------------------------------------------------------------- extract
+
+
+def read_raw_events(spark: SparkSession, cfg: PrepConfig) -> tuple[DataFrame, list[str]]:
+    """Union of the window's raw partitions, typed as RAW_EVENTS plus `source_ds`.
+
+    The run's own partition must exist; missing earlier days are reported, not fatal.
+    """
+    own = cfg.events_root / f"ds={cfg.ds}"
+    if not own.is_dir():
+        raise InputError(f"raw events partition for ds={cfg.ds} not found: {own}")
+    frames, missing = [], []
+    for day in cfg.window_days():
+        path = cfg.events_root / f"ds={day}"
+        if not path.is_dir():
+            missing.append(day)
+            continue
+        try:
+            df = spark.read.parquet(str(path))
+        except Exception as e:  # an empty folder or unreadable files
+            raise InputError(f"{path}: cannot read raw events: {e}") from e
+        extra = check_schema(df.schema, RAW_EVENTS, str(path))
+        if extra:
+            log.info("%s: ignoring extra columns %s", path, extra)
+        typed = [F.col(c).cast(RAW_EVENTS.spark_schema()[c].dataType).alias(c)
+                 for c in EVENT_COLUMNS]
+        frames.append(df.select(*typed, F.lit(day).alias("source_ds")))
+    if missing:
+        log.warning("%d day(s) of the window have no raw partition: %s",
+                    len(missing), ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    return reduce(DataFrame.unionByName, frames), missing
+
+
+def read_profiles(spark: SparkSession, cfg: PrepConfig) -> DataFrame | None:
+    path = cfg.profiles_root
+    if not path.is_dir():
+        log.info("no user profiles at %s: profile ids will be 'unknown'", path)
+        return None
+    df = spark.read.parquet(str(path))
+    check_schema(df.schema, USER_PROFILES, str(path))
+    return df.select(*[F.col(c).cast("string").alias(c) for c in USER_PROFILES.names])
+
+
+def previous_vocab_dir(cfg: PrepConfig) -> Path | None:
+    """The vocabulary of the latest earlier ds that was built (ids stay stable from it)."""
+    if not cfg.output_root.is_dir():
+        return None
+    earlier = sorted(p for p in cfg.output_root.glob("ds=*")
+                     if p.name[3:] < cfg.ds and (p / "vocab").is_dir())
+    return earlier[-1] / "vocab" if earlier else None
+
+
+def read_previous_vocab(spark: SparkSession, cfg: PrepConfig) -> dict[str, DataFrame]:
+    folder = previous_vocab_dir(cfg)
+    if folder is None:
+        return {}
+    log.info("extending the vocabulary of %s", folder.parent.name)
+    out = {}
+    for name in VOCAB_NAMES:
+        path = folder / name
+        if path.is_dir():
+            df = spark.read.parquet(str(path))
+            check_schema(df.schema, VOCAB, str(path))
+            out[name] = df.select(*VOCAB.names)
+    return out
+
+
+# ----------------------------------------------------------------------- transform
+
+
+def annotate_quarantine(events: DataFrame, window_start: str) -> DataFrame:
+    """Add `reason`: the first rule a row breaks, or null for a well-formed row.
+
+    An event must lie inside the job's window and not after the end of the
+    day of the partition it was logged in (no events from the future).
+    """
+    def blank(c: str):
+        return F.col(c).isNull() | (F.trim(F.col(c)) == "")
+
+    behavior = F.lower(F.trim(F.col("behavior")))  # the quarantine keeps the original value
+
+    partition_end = F.to_timestamp(F.date_add(F.to_date(F.col("source_ds")), 1))
+    reason = (F.when(blank("user_id"), "null_user_id")
+              .when(blank("item_id"), "null_item_id")
+              .when(behavior.isNull() | ~behavior.isin(*BEHAVIORS),
+                    "unknown_behavior")
+              .when(F.col("event_time").isNull(), "null_event_time")
+              .when((F.col("event_time") < F.to_timestamp(F.lit(window_start)))
+                    | (F.col("event_time") >= partition_end), "event_time_outside_window"))
+    return events.withColumn("reason", reason)
+
+
+def filter_rare(events: DataFrame, *, min_item_count: int, min_user_count: int,
+                rounds: int) -> DataFrame:
+    """Drop items, then users, with too few interactions (the paper's filter)."""
+    for _ in range(rounds):
+        items = (events.groupBy("item_id").count()
+                 .where(F.col("count") >= min_item_count).select("item_id"))
+        events = events.join(items, "item_id", "left_semi")
+        users = (events.groupBy("user_id").count()
+                 .where(F.col("count") >= min_user_count).select("user_id"))
+        events = events.join(users, "user_id", "left_semi")
+    return events
+
+
+def extend_vocab(values: DataFrame, previous: DataFrame | None, ds: str) -> DataFrame:
+    """Previous vocabulary + today's new values appended (most frequent first).
+
+    `values` has columns (value, n). Existing values keep their index; the result
+    is deterministic for the same inputs, so a rerun of a ds reproduces it exactly.
+    """
+    spark = values.sparkSession
+    if previous is None:
+        previous = spark.createDataFrame([], VOCAB.spark_schema())
+    offset = previous.agg(F.max("idx")).first()[0]
+    offset = FIRST_IDX - 1 if offset is None else offset
+    new = values.join(previous.select("value"), "value", "left_anti")
+    order = Window.orderBy(F.col("n").desc(), F.col("value"))
+    # A single-partition window is fine here: vocabularies are ids, not events.
+    appended = new.select(
+        "value",
+        (F.row_number().over(order) + F.lit(offset)).cast("int").alias("idx"),
+        F.lit(ds).alias("first_ds"))
+    return previous.unionByName(appended)
+
+
+def with_idx(df: DataFrame, vocab: DataFrame, raw: str, out: str) -> DataFrame:
+    """Map raw id column `raw` to its dense id `out` (unknown / null -> UNK_IDX)."""
+    v = vocab.select(F.col("value").alias(raw), F.col("idx").alias(out))
+    return (df.join(v, raw, "left")
+            .withColumn(out, F.coalesce(F.col(out), F.lit(UNK_IDX)).cast("int")))
+
+
+def padded(arr, length, max_len: int):
+    """Right-pad an int array column to max_len with PAD_IDX."""
+    return F.concat(arr, F.array_repeat(F.lit(PAD_IDX), F.lit(max_len) - length))
+
+
+def last_items(items, end, max_len: int):
+    """Up to max_len items before 0-based position `end` (exclusive), oldest first."""
+    start = F.greatest(F.lit(0), end - F.lit(max_len))
+    return F.slice(items, start + 1, end - start)  # slice is 1-based
+
+
+def build_outputs(events: DataFrame, profiles: DataFrame | None,
+                  prev_vocab: dict[str, DataFrame], cfg: PrepConfig) -> dict[str, DataFrame]:
+    """Kept events -> vocabularies, users, items, training / evaluation / latest sequences."""
+    profile_cols = [f"{f}_idx" for f in PROFILE_FIELDS]
+
+    # ---- vocabularies (raw -> dense id), stable across days
+    def counts(df: DataFrame, col: str) -> DataFrame:
+        return (df.where(F.col(col).isNotNull()).groupBy(F.col(col).alias("value"))
+                .agg(F.count(F.lit(1)).alias("n")))
+
+    vocab = {
+        "user": extend_vocab(counts(events, "user_id"), prev_vocab.get("user"), cfg.ds),
+        "item": extend_vocab(counts(events, "item_id"), prev_vocab.get("item"), cfg.ds),
+        "category": extend_vocab(counts(events, "category_id"), prev_vocab.get("category"), cfg.ds),
+        "brand": extend_vocab(counts(events, "brand_id"), prev_vocab.get("brand"), cfg.ds),
+    }
+    kept_users = events.select("user_id").distinct()
+    user_profiles = None
+    if profiles is not None:  # one profile row per user, chosen deterministically
+        first = Window.partitionBy("user_id").orderBy(
+            *[F.col(f).asc_nulls_last() for f in PROFILE_FIELDS])
+        user_profiles = (profiles.join(kept_users, "user_id", "left_semi")
+                         .withColumn("rk", F.row_number().over(first))
+                         .where("rk = 1").drop("rk"))
+    for f in PROFILE_FIELDS:
+        vals = (counts(user_profiles, f) if user_profiles is not None
+                else events.sparkSession.createDataFrame([], "value string, n long"))
+        vocab[f] = extend_vocab(vals, prev_vocab.get(f), cfg.ds)
+    vocab = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in vocab.items()}
+
+    # ---- items: dense id, latest side ids, interaction count
+    latest_first = Window.partitionBy("item_id").orderBy(
+        F.col("event_time").desc(), F.col("category_id").desc_nulls_last(),
+        F.col("brand_id").desc_nulls_last())
+    items = (events
+             .withColumn("interactions", F.count(F.lit(1)).over(Window.partitionBy("item_id")))
+             .withColumn("rk", F.row_number().over(latest_first))
+             .where("rk = 1")
+             .select("item_id", "category_id", "brand_id", "interactions"))
+    items = with_idx(items, vocab["item"], "item_id", "item_idx")
+    items = with_idx(items, vocab["category"], "category_id", "category_idx")
+    items = with_idx(items, vocab["brand"], "brand_id", "brand_idx")
+    items = items.select(*ITEM_FEATURES.names)
+
+    # ---- per-user sequences in time order (ties broken by item, then behaviour)
+    ev = with_idx(events, vocab["item"], "item_id", "item_idx")
+    seqs = (ev.groupBy("user_id")
+            .agg(F.array_sort(F.collect_list(
+                F.struct("event_time", "item_idx", "behavior"))).alias("evs"))
+            .select("user_id", F.col("evs.item_idx").alias("items"))
+            .withColumn("n_events", F.size("items").cast("long")))
+    seqs = with_idx(seqs, vocab["user"], "user_id", "user_idx")
+
+    # Split by a seeded hash of the raw id: a user keeps its split from day to day.
+    bucket = F.pmod(F.xxhash64(F.lit(cfg.seed), F.col("user_id")), F.lit(cfg.split_buckets))
+    holdout_ok = F.col("n_events") >= 2  # a held-out user needs a behaviour before the target
+    seqs = seqs.withColumn(
+        "split",
+        F.when(holdout_ok & (bucket == 0), "test")
+        .when(holdout_ok & (bucket <= cfg.valid_buckets), "valid")
+        .otherwise("train"))
+
+    if user_profiles is not None:
+        seqs = seqs.join(user_profiles, "user_id", "left")
+    else:
+        seqs = seqs.select("*", *[F.lit(None).cast("string").alias(f) for f in PROFILE_FIELDS])
+    for f in PROFILE_FIELDS:
+        seqs = with_idx(seqs, vocab[f], f, f"{f}_idx")
+    seqs = seqs.persist(StorageLevel.MEMORY_AND_DISK)
+
+    users = seqs.select(*USERS.names)
+    L = cfg.max_len
+
+    # ---- training samples: every position t >= 1 of a training user's sequence
+    t = F.col("t")
+    train_hist = last_items(F.col("items"), t, L)
+    train = (seqs.where(F.col("split") == "train")
+             .where(F.col("n_events") >= 2)
+             .select("*", F.explode(F.sequence(F.lit(1), F.size("items") - 1)).alias("t"))
+             .select("user_idx", "t", "items", *profile_cols,
+                     train_hist.alias("h"), F.element_at("items", t + 1).alias("target"))
+             .select("user_idx", "t", padded(F.col("h"), F.size("h"), L).alias("hist"),
+                     F.size("h").cast("int").alias("hist_len"),
+                     F.col("target").cast("int").alias("target"), *profile_cols))
+
+    # ---- held-out users: one interacted item at random (seeded) is the target
+    pos = (F.lit(1) + F.pmod(F.xxhash64(F.lit(cfg.seed + 1), F.col("user_id")),
+                             F.size("items") - 1)).cast("int")
+    heldout = (seqs.where(F.col("split").isin("valid", "test"))
+               .withColumn("target_pos", pos)
+               .withColumn("h", last_items(F.col("items"), F.col("target_pos"), L))
+               .select("split", "user_idx",
+                       padded(F.col("h"), F.size("h"), L).alias("hist"),
+                       F.size("h").cast("int").alias("hist_len"),
+                       F.element_at("items", F.col("target_pos") + 1).cast("int").alias("target"),
+                       "target_pos", F.col("items").alias("full_seq"), *profile_cols))
+
+    # ---- serving: every user's last L items
+    n = F.size("items")
+    latest = (seqs.withColumn("h", last_items(F.col("items"), n, L))
+              .select("user_idx", padded(F.col("h"), F.size("h"), L).alias("hist"),
+                      F.size("h").cast("int").alias("hist_len"), "user_id", *profile_cols))
+
+    return {
+        "vocab": vocab, "items": items, "users": users, "seqs": seqs, "train": train,
+        "valid": heldout.where(F.col("split") == "valid").drop("split"),
+        "test": heldout.where(F.col("split") == "test").drop("split"),
+        "latest": latest,
+    }
+
+
+def length_histogram(seqs: DataFrame) -> dict[str, int]:
+    """Users per sequence-length bucket [2^k, 2^(k+1))."""
+    rows = (seqs.groupBy(F.floor(F.log2("n_events")).cast("int").alias("k"))
+            .count().orderBy("k").collect())
+    return {f"{2 ** r['k']}-{2 ** (r['k'] + 1) - 1}": r["count"] for r in rows}
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def _conform(df: DataFrame, table: Table) -> DataFrame:
+    """Select and cast to the table's schema (the writer's last check)."""
+    schema = table.spark_schema()
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+def write_table(df: DataFrame, path: Path, table: Table, *, files: int,
+                sort_by: list[str] | None = None) -> None:
+    if sort_by:  # hash-partitioned then sorted: the same input gives the same files' content
+        df = df.repartition(files, sort_by[0]).sortWithinPartitions(*sort_by)
+    else:
+        df = df.coalesce(files)
+    _conform(df, table).write.mode("overwrite").parquet(str(path))
+
+
+def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
+    return max(minimum, math.ceil(rows / cfg.rows_per_file))
+
+
+# ----------------------------------------------------------------------------- run
+
+
+class Stage:
+    """Logs the start and duration of each stage (progress for long runs)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.k, self.t0 = total, 0, time.time()
+
+    def __call__(self, name: str) -> None:
+        self.k += 1
+        log.info("[%d/%d] %s (%.1fs elapsed)", self.k, self.total, name, time.time() - self.t0)
+
+
+def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
+    """Build the sequences of `cfg.ds`; returns the statistics written to stats.json."""
+    spark = spark or start_spark("mind-build-sequences", cfg.master, cfg.spark_conf)
+    stage = Stage(6)
+    t0 = time.time()
+
+    stage("reading raw events")
+    raw, missing_days = read_raw_events(spark, cfg)
+    profiles = read_profiles(spark, cfg)
+    prev_vocab = read_previous_vocab(spark, cfg)
+
+    stage("quarantining malformed rows")
+    window_start = cfg.window_days()[0]
+    annotated = annotate_quarantine(raw, window_start).persist(StorageLevel.MEMORY_AND_DISK)
+    by_reason = {r["reason"]: r["count"] for r in
+                 annotated.groupBy("reason").count().collect()}
+    n_input = sum(by_reason.values())
+    n_valid = by_reason.pop(None, 0)
+    quarantine = annotated.where(F.col("reason").isNotNull())
+
+    stage("de-duplicating and filtering")
+    valid = (annotated.where(F.col("reason").isNull())
+             .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS))
+    distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
+    n_distinct = distinct.count()
+    kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
+                       min_user_count=cfg.min_user_count,
+                       rounds=cfg.filter_rounds).persist(StorageLevel.MEMORY_AND_DISK)
+    n_kept = kept.count()
+    counts = {
+        "input": n_input,
+        "quarantined": sum(by_reason.values()),
+        "duplicates": n_valid - n_distinct,
+        "filtered": n_distinct - n_kept,
+        "kept": n_kept,
+    }
+    identity = counts["kept"] + counts["quarantined"] + counts["duplicates"] + counts["filtered"]
+    if identity != counts["input"]:  # cannot happen unless a transform loses rows
+        raise AssertionError(f"row accounting broken: {counts}")
+    if n_kept == 0:
+        raise InputError(
+            f"no events left for ds={cfg.ds} after quarantine and filtering ({counts}); "
+            f"lower min_item_count/min_user_count or check {cfg.events_root}")
+
+    stage("building vocabularies, users, items and sequences")
+    out = build_outputs(kept, profiles, prev_vocab, cfg)
+    train = out["train"].persist(StorageLevel.MEMORY_AND_DISK)
+    n_train = train.count()
+    split_counts = {r["split"]: r["count"] for r in out["seqs"].groupBy("split").count().collect()}
+
+    stage(f"writing {cfg.output_dir}")
+    with staged_dir(cfg.output_dir) as tmp:
+        write_table(train, tmp / "train", TRAIN_SAMPLES,
+                    files=n_files(n_train, cfg, cfg.min_row_groups),
+                    sort_by=["user_idx", "t"])
+        for split in ("valid", "test"):
+            write_table(out[split], tmp / split, EVAL_SAMPLES,
+                        files=n_files(split_counts.get(split, 0), cfg))
+        n_users = sum(split_counts.values())
+        write_table(out["latest"], tmp / "latest", LATEST_SEQUENCES, files=n_files(n_users, cfg))
+        write_table(out["users"], tmp / "users", USERS, files=n_files(n_users, cfg))
+        write_table(out["items"], tmp / "items", ITEM_FEATURES, files=1)
+        write_table(quarantine, tmp / "quarantine",
+                    QUARANTINE, files=n_files(counts["quarantined"], cfg))
+        vocab_sizes = {}
+        for name, df in out["vocab"].items():
+            write_table(df, tmp / "vocab" / name, VOCAB, files=1)
+            vocab_sizes[name] = int(df.agg(F.max("idx")).first()[0] or UNK_IDX) + 1
+
+        stage("statistics")
+        items_df = out["items"]
+        stats = {
+            "ds": cfg.ds,
+            "window": {"start": window_start, "end": cfg.ds, "missing_days": missing_days},
+            "counts": counts,
+            "identity_holds": True,
+            "quarantined_by_reason": by_reason,
+            "users": {"total": n_users, **{s: split_counts.get(s, 0) for s in SPLITS}},
+            "items": items_df.count(),
+            "train_samples": n_train,
+            "eval_samples": {s: split_counts.get(s, 0) for s in ("valid", "test")},
+            "vocab_sizes": vocab_sizes,
+            "sequence_length_histogram": length_histogram(out["seqs"]),
+            "profiles_present": profiles is not None,
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "seconds": round(time.time() - t0, 1),
+        }
+        write_json(tmp / "stats.json", stats)
+    for df in (annotated, distinct, kept, train, out["seqs"], *out["vocab"].values()):
+        df.unpersist()
+    log.info("ds=%s: %s -> %d train samples, %d users, %d items in %.1fs",
+             cfg.ds, counts, n_train, n_users, stats["items"], stats["seconds"])
+    return stats
+
+
+def parse_args(argv: list[str] | None = None) -> PrepConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = PrepConfig(data_root=Path("."), ds="2000-01-01")
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--ds", required=True, help="run date YYYY-MM-DD (last day of the window)")
+    p.add_argument("--lookback-days", type=int, default=d.lookback_days)
+    p.add_argument("--min-item-count", type=int, default=d.min_item_count)
+    p.add_argument("--min-user-count", type=int, default=d.min_user_count)
+    p.add_argument("--filter-rounds", type=int, default=d.filter_rounds)
+    p.add_argument("--max-len", type=int, default=d.max_len)
+    p.add_argument("--split-buckets", type=int, default=d.split_buckets)
+    p.add_argument("--valid-buckets", type=int, default=d.valid_buckets)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-row-groups", type=int, default=d.min_row_groups)
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
+    p.add_argument("--master", default=None, help="Spark master URL (default: $MIND_SPARK_MASTER "
+                   "or local[*])")
+    p.add_argument("--events-dir", type=Path, default=None)
+    p.add_argument("--profiles-dir", type=Path, default=None)
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark configuration")
+    a = p.parse_args(argv)
+    conf = dict(kv.split("=", 1) for kv in a.conf)
+    kwargs = {k: v for k, v in vars(a).items() if k != "conf"}
+    return PrepConfig(**kwargs, spark_conf=conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = parse_args(argv)
+    try:
+        stats = run(cfg)
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    c = stats["counts"]
+    print(f"ds={cfg.ds}: input {c['input']:,} = kept {c['kept']:,} + quarantined "
+          f"{c['quarantined']:,} + duplicates {c['duplicates']:,} + filtered {c['filtered']:,}")
+    print(f"users {stats['users']['total']:,} (train {stats['users']['train']:,}, valid "
+          f"{stats['users']['valid']:,}, test {stats['users']['test']:,}), items "
+          f"{stats['items']:,}, train samples {stats['train_samples']:,} -> {cfg.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

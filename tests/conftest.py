@@ -1,0 +1,33 @@
+"""Shared fixtures: one Spark session for the whole run, paths to the real data sets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("MIND_SHARED_DATASETS",
+                                      REPO_ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local[2] session with few shuffle partitions, shared by every Spark test."""
+    from jobs.spark import start_spark
+
+    session = start_spark("mind-tests", "local[2]", {
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "4",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+    })
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real data sets not found at {SHARED_DATASETS} (set MIND_SHARED_DATASETS)")
+    return SHARED_DATASETS

@@ -1,0 +1,295 @@
+"""The build-sequences Spark job on tiny hand-made logs, checked against plain-Python references."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import build_sequences as bs
+from jobs.build_sequences import PrepConfig, run
+from jobs.validation import InputError
+from schemas import (EVAL_SAMPLES, ITEM_FEATURES, LATEST_SEQUENCES, PAD_IDX, RAW_EVENTS,
+                     TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, VOCAB)
+
+pytestmark = pytest.mark.spark
+
+D1, D2 = "2026-11-27", "2026-11-28"
+L = 4  # short max_len so that truncation of long histories is exercised
+
+
+def ts(day: str, seconds: int) -> dt.datetime:
+    return dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc) + dt.timedelta(
+        seconds=seconds)
+
+
+def write_events(root: Path, day: str, rows: list[dict]) -> None:
+    folder = root / "raw" / "events" / f"ds={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=RAW_EVENTS.arrow_schema(include_partition=False))
+    pq.write_table(table, folder / "part-0.parquet")
+
+
+def ev(user, item, day, sec, behavior="click", cat="c1", brand="b1") -> dict:
+    return dict(user_id=user, item_id=item, category_id=cat, brand_id=brand,
+                behavior=behavior, event_time=ts(day, sec) if sec is not None else None)
+
+
+def make_logs(root: Path, n_users: int = 60, seed: int = 1) -> dict[str, int]:
+    """Two days of logs with known bad rows; returns the expected counts."""
+    rng = random.Random(seed)
+    by_day = {D1: [], D2: []}
+    sec = 0
+    for u in range(n_users):
+        for k in range(rng.randint(3, 9)):  # every user has >= 3 events
+            day = D1 if k % 2 else D2
+            sec += 1
+            by_day[day].append(ev(f"u{u:03d}", f"i{rng.randint(0, 14):02d}", day, sec,
+                                  behavior=rng.choice(["click", "cart", " Click ", "buy"])))
+    # Rare items: one event each -> removed by min_item_count=2.
+    by_day[D2] += [ev("u000", "rare1", D2, 80_001), ev("u001", "rare2", D2, 80_002)]
+    # Users with a single event on common items -> removed by min_user_count=2.
+    by_day[D2] += [ev("lonely1", "i00", D2, 80_003), ev("lonely2", "i01", D2, 80_004)]
+    bad = [
+        ev(None, "i00", D2, 81_000), ev("  ", "i00", D2, 81_001),             # null_user_id x2
+        ev("u002", None, D2, 81_002),                                          # null_item_id
+        ev("u002", "i00", D2, 81_003, behavior="view"),                        # unknown_behavior
+        ev("u002", "i00", D2, 81_004, behavior=None),                          # unknown_behavior
+        ev("u002", "i00", D2, None),                                           # null_event_time
+        ev("u002", "i00", D2, 86_400 + 5),                                     # from the future
+        ev("u002", "i00", "2026-11-20", 5),                                    # before the window
+    ]
+    by_day[D2] += bad
+    dups = [dict(r) for r in by_day[D1][:3]] + [dict(by_day[D2][0])]
+    by_day[D1] += dups[:3]
+    by_day[D2] += dups[3:]
+    for day, rows in by_day.items():
+        write_events(root, day, rows)
+    n_input = sum(len(r) for r in by_day.values())
+    return {"input": n_input, "quarantined": len(bad), "duplicates": len(dups),
+            "filtered": 4, "kept": n_input - len(bad) - len(dups) - 4}
+
+
+def read(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def config(root: Path, ds: str = D2, **kw) -> PrepConfig:
+    base = dict(data_root=root, ds=ds, lookback_days=2, min_item_count=2, min_user_count=2,
+                max_len=L, min_row_groups=3, split_buckets=5, valid_buckets=1, seed=7)
+    base.update(kw)
+    return PrepConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def built(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep")
+    expected = make_logs(root)
+    stats = run(config(root), spark)
+    return root, expected, stats
+
+
+def reference_sequences(root: Path) -> dict[str, list[str]]:
+    """Per user, raw item ids of the events the job should keep, in time order."""
+    rows = []
+    for day in (D1, D2):
+        for r in read(root / "raw" / "events" / f"ds={day}"):
+            b = (r["behavior"] or "").strip().lower()
+            if not (r["user_id"] or "").strip() or not r["item_id"] or r["event_time"] is None:
+                continue
+            if b not in ("click", "cart", "fav", "buy"):
+                continue
+            if not ts(D1, 0) <= r["event_time"] < ts(day, 86_400):
+                continue
+            rows.append((r["user_id"], r["item_id"], r["category_id"], r["brand_id"], b,
+                         r["event_time"]))
+    rows = sorted(set(rows), key=lambda r: r[5])
+    items = Counter(r[1] for r in rows)
+    rows = [r for r in rows if items[r[1]] >= 2]
+    users = Counter(r[0] for r in rows)
+    seqs = defaultdict(list)
+    for r in rows:
+        if users[r[0]] >= 2:
+            seqs[r[0]].append(r[1])
+    return seqs
+
+
+def test_counts_identity_and_quarantine_reasons(built):
+    root, expected, stats = built
+    assert stats["counts"] == expected
+    assert sum(expected[k] for k in ("kept", "quarantined", "duplicates", "filtered")) \
+        == expected["input"]
+    assert stats["quarantined_by_reason"] == {
+        "null_user_id": 2, "null_item_id": 1, "unknown_behavior": 2, "null_event_time": 1,
+        "event_time_outside_window": 2}
+    out = root / "sequences" / f"ds={D2}"
+    quarantine = read(out / "quarantine")
+    assert len(quarantine) == expected["quarantined"]
+    # The quarantined row keeps its original values, including the unknown behaviour.
+    assert {r["behavior"] for r in quarantine if r["reason"] == "unknown_behavior"} == {"view", None}
+    assert json.loads((out / "stats.json").read_text())["counts"] == expected
+
+
+def test_sequences_match_reference(built):
+    root, _, stats = built
+    out = root / "sequences" / f"ds={D2}"
+    item_idx = {r["value"]: r["idx"] for r in read(out / "vocab" / "item")}
+    user_idx = {r["value"]: r["idx"] for r in read(out / "vocab" / "user")}
+    split = {r["user_id"]: r["split"] for r in read(out / "users")}
+    ref = {u: [item_idx[i] for i in seq] for u, seq in reference_sequences(root).items()}
+    assert set(split) == set(ref)
+
+    def window(seq, end):
+        h = seq[max(0, end - L):end]
+        return h + [PAD_IDX] * (L - len(h)), len(h)
+
+    want_train = set()
+    for u, seq in ref.items():
+        if split[u] == "train":
+            for t in range(1, len(seq)):
+                h, n = window(seq, t)
+                want_train.add((user_idx[u], tuple(h), n, seq[t]))
+    train = read(out / "train")
+    got_train = {(r["user_idx"], tuple(r["hist"]), r["hist_len"], r["target"]) for r in train}
+    assert len(train) == len(want_train) == stats["train_samples"]
+    assert got_train == want_train
+
+    for name in ("test", "valid"):
+        rows = read(out / name)
+        assert {r["user_idx"] for r in rows} == {user_idx[u] for u, s in split.items() if s == name}
+        for r in rows:
+            u = next(k for k, v in user_idx.items() if v == r["user_idx"])
+            seq = ref[u]
+            assert r["full_seq"] == seq
+            assert 1 <= r["target_pos"] < len(seq)
+            assert r["target"] == seq[r["target_pos"]]
+            assert (r["hist"], r["hist_len"]) == tuple(window(seq, r["target_pos"]))
+
+    latest = {r["user_id"]: r for r in read(out / "latest")}
+    for u, seq in ref.items():
+        assert (latest[u]["hist"], latest[u]["hist_len"]) == tuple(window(seq, len(seq)))
+        assert latest[u]["gender_idx"] == UNK_IDX  # no profiles given
+
+
+def test_output_schemas_and_row_groups(built):
+    root, _, _ = built
+    out = root / "sequences" / f"ds={D2}"
+    for name, table in [("train", TRAIN_SAMPLES), ("test", EVAL_SAMPLES),
+                        ("latest", LATEST_SEQUENCES), ("items", ITEM_FEATURES),
+                        ("vocab/item", VOCAB)]:
+        schema = pq.read_schema(next((out / name).glob("*.parquet")))
+        assert schema.names == table.names, name
+        for f in table.arrow_schema():
+            got = schema.field(f.name).type
+            assert got == f.type or (pa.types.is_list(got) and got.value_type == f.type.value_type)
+    row_groups = sum(pq.ParquetFile(p).num_row_groups for p in (out / "train").glob("*.parquet"))
+    assert row_groups >= 3  # >= min_row_groups: every training process gets data
+    assert all(len(r["hist"]) == L for r in read(out / "train"))
+
+
+def test_vocabulary_reserved_and_dense(built):
+    root, _, _ = built
+    out = root / "sequences" / f"ds={D2}"
+    for name in ("user", "item", "category"):
+        idx = sorted(r["idx"] for r in read(out / "vocab" / name))
+        assert idx == list(range(2, 2 + len(idx))), name  # 0 = padding, 1 = unknown
+    items = {r["item_id"]: r for r in read(out / "items")}
+    assert "rare1" not in items and len(items) == 15
+    ref_counts = Counter(i for s in reference_sequences(root).values() for i in s)
+    assert {k: v["interactions"] for k, v in items.items()} == dict(ref_counts)
+
+
+def test_vocabulary_stable_across_days_and_rerun_identical(spark, built, tmp_path):
+    root, _, _ = built
+    out1 = root / "sequences" / f"ds={D2}"
+    before = {r["value"]: r["idx"] for r in read(out1 / "vocab" / "item")}
+    day3 = "2026-11-29"
+    # New items appear, and one old item is absent today: its id must survive.
+    write_events(root, day3, [ev(f"u{u:03d}", i, day3, 10 * u + k)
+                              for u in range(20) for k, i in enumerate(["i01", "new_a", "new_b"])])
+    run(config(root, ds=day3, lookback_days=1), spark)
+    after = {r["value"]: r["idx"] for r in read(root / "sequences" / f"ds={day3}" / "vocab" / "item")}
+    assert all(after[k] == v for k, v in before.items())
+    assert sorted(after[k] for k in ("new_a", "new_b")) == [max(before.values()) + 1,
+                                                            max(before.values()) + 2]
+    # Rerunning D2 replaces its output with identical content and leaves no temporaries.
+    snapshot = {n: sorted(map(str, read(out1 / n))) for n in ("train", "test", "latest", "users")}
+    run(config(root), spark)
+    assert {n: sorted(map(str, read(out1 / n))) for n in snapshot} == snapshot
+    leftovers = [p.name for p in (root / "sequences").iterdir() if p.name.startswith("_")]
+    assert leftovers == []
+
+
+def test_profiles_mapped(spark, tmp_path):
+    make_logs(tmp_path, n_users=20)
+    (tmp_path / "raw" / "profiles").mkdir(parents=True)
+    profiles = [dict(user_id=f"u{u:03d}", gender="F" if u % 2 else "M",
+                     age_bucket=None if u == 3 else "25-34", city_tier="1") for u in range(20)]
+    pq.write_table(pa.Table.from_pylist(profiles, schema=USER_PROFILES.arrow_schema()),
+                   tmp_path / "raw" / "profiles" / "p.parquet")
+    stats = run(config(tmp_path), spark)
+    out = tmp_path / "sequences" / f"ds={D2}"
+    gender = {r["value"]: r["idx"] for r in read(out / "vocab" / "gender")}
+    latest = {r["user_id"]: r for r in read(out / "latest")}
+    assert stats["profiles_present"] and set(gender) == {"F", "M"}
+    assert latest["u001"]["gender_idx"] == gender["F"]
+    assert latest["u002"]["gender_idx"] == gender["M"]
+    assert latest["u003"]["age_bucket_idx"] == UNK_IDX
+
+
+def test_split_is_about_one_in_twenty_and_seeded(spark, tmp_path):
+    rows = [ev(f"user{u}", f"i{k % 3}", D2, 10 * u + k) for u in range(1000) for k in range(3)]
+    write_events(tmp_path, D2, rows)
+    stats = run(config(tmp_path, lookback_days=1, split_buckets=20, valid_buckets=0), spark)
+    assert stats["users"]["total"] == 1000
+    # Binomial(1000, 1/20): mean 50, sd 6.9; +-4 sd.
+    assert 22 <= stats["users"]["test"] <= 78
+    assert stats["users"]["valid"] == 0
+    assert stats["users"]["train"] + stats["users"]["test"] == 1000
+
+
+def test_missing_partition_names_path(spark, tmp_path):
+    with pytest.raises(InputError, match=r"ds=2026-11-28 not found: .*raw/events/ds=2026-11-28"):
+        run(config(tmp_path), spark)
+    assert not (tmp_path / "sequences" / f"ds={D2}").exists()
+
+
+def test_wrong_schema_names_file_and_column(spark, tmp_path):
+    folder = tmp_path / "raw" / "events" / f"ds={D2}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"], "category_id": ["c"],
+                             "brand_id": ["b"], "behavior": ["click"],
+                             "event_time": ["2026-11-28 10:00"]}), folder / "p.parquet")
+    with pytest.raises(InputError, match=r"ds=2026-11-28: column 'event_time' .* string, "
+                                         r"expected timestamp"):
+        run(config(tmp_path), spark)
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"]}), folder / "p.parquet")
+    with pytest.raises(InputError, match=r"ds=2026-11-28: missing column 'category_id'"):
+        run(config(tmp_path), spark)
+
+
+def test_failed_write_leaves_previous_output(spark, built, monkeypatch):
+    root, _, _ = built
+    out = root / "sequences" / f"ds={D2}"
+    before = sorted(map(str, read(out / "train")))
+    calls = {"n": 0}
+    real = bs.write_table
+
+    def failing(df, path, table, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (simulated)")
+        return real(df, path, table, **kw)
+
+    monkeypatch.setattr(bs, "write_table", failing)
+    with pytest.raises(OSError, match="simulated"):
+        run(config(root), spark)
+    assert sorted(map(str, read(out / "train"))) == before
+    assert not [p for p in (root / "sequences").iterdir() if p.name.startswith("_")]
+    assert os.path.exists(out / "stats.json")
