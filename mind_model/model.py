@@ -1,0 +1,322 @@
+"""MIND as pure PyTorch modules (no I/O, no DDP, no argparse).
+
+Shapes: B users, L behaviours (right-padded with 0), K interests, D = embed_dim,
+N items. Ids: 0 = padding, 1 = unknown (schemas/tables.py).
+
+Public API
+----------
+- `MIND(cfg)`
+  - `user_interests(hist (B,L), hist_len (B,), profile=None) -> (V (B,K,D), mask (B,K) bool)`:
+    f_user, used for serving and evaluation. Inactive interests (mask False) are
+    zero vectors and must be ignored (see `metrics.topn_multi_interest`).
+  - `interest_capsules(hist, hist_len, init_logits=None) -> RoutingOutput`:
+    the capsules before the user tower, with the coupling coefficients (B,K,L)
+    for the interpretability heat map.
+  - `item_embeddings(idx (...)) -> (..., D)`, `all_item_embeddings() -> (n_items, D)`
+    (row 0 = padding = zero vector) for the ANN index and full-catalogue eval.
+  - `forward(batch) -> (B, D)`: the user vector after label-aware attention on
+    `batch["target"]`, for training with `loss.SampledSoftmaxLoss`. `batch` holds
+    "hist", "hist_len", "target" and "<field>_idx" for each profile field.
+  - `set_item_side(category_idx, brand_idx, item_idx=None)`: item -> side ids
+    from the item_features table (saved in the state dict).
+- Building blocks: `ItemEmbedding`, `B2IRouting`, `LabelAwareAttention`,
+  `ProfileEmbedding`, `UserTower`, `squash`, `n_active_interests`.
+
+Randomness of routing: in training, the initial logits are drawn afresh per
+forward from the global RNG, per user (B,K,L), without gradient. In eval mode
+they come from a CPU `torch.Generator` seeded with `cfg.routing_seed`, as one
+(L,K) table drawn row by row (one row per behaviour position) and broadcast
+over the batch, so a user's vectors depend only on the user: not on the batch,
+its position in it, or how much padding the batch adds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mind_model.config import ModelConfig
+
+PAD_IDX = 0  # mirrors schemas.tables.PAD_IDX; the model package does not import the data layer
+
+
+def squash(z: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
+    """|z|^2 / (1 + |z|^2) * z / |z|, with eps inside the norm so squash(0) = 0 (no NaN)."""
+    sq = (z * z).sum(dim, keepdim=True)
+    return sq / (1.0 + sq) * z / torch.sqrt(sq + eps)
+
+
+def n_active_interests(hist_len: Tensor, k: int, dynamic: bool = True) -> Tensor:
+    """K'_u = max(1, min(K, floor(log2 |I_u|))) per user; (B,) long. K for all if not dynamic."""
+    if not dynamic:
+        return torch.full_like(hist_len, k, dtype=torch.long)
+    n = hist_len.long().clamp(min=1)
+    # floor(log2 n) in exact integer arithmetic: float log2 may round 2**m - eps up
+    log2 = torch.zeros_like(n)
+    for m in range(1, k + 1):  # only values up to K matter
+        log2 = torch.where(n >= (1 << m), torch.full_like(n, m), log2)
+    return log2.clamp(min=1, max=k)
+
+
+def behaviour_mask(hist: Tensor, hist_len: Tensor) -> Tensor:
+    """True for real behaviours: position < hist_len and id != padding. (B, L) bool."""
+    pos = torch.arange(hist.shape[1], device=hist.device)  # (L,)
+    return (pos[None, :] < hist_len[:, None]) & (hist != PAD_IDX)
+
+
+class ItemEmbedding(nn.Module):
+    """e_i = mean of the embeddings of item id and its side ids (category, brand).
+
+    Side ids are looked up from non-trainable buffers (item -> category_idx,
+    item -> brand_idx) so behaviour items and labels are embedded by the same
+    function from item ids alone. Padding (0) embeds to the zero vector.
+    """
+
+    def __init__(self, n_items: int, dim: int, n_categories: int = 0, n_brands: int = 0):
+        super().__init__()
+        if n_items < 2:
+            raise ValueError("n_items counts padding and unknown, so it must be >= 2")
+        self.n_items = n_items
+        self.item = nn.Embedding(n_items, dim, padding_idx=PAD_IDX)
+        self.sides = nn.ModuleDict()
+        for name, size in (("category", n_categories), ("brand", n_brands)):
+            if size > 0:
+                self.sides[name] = nn.Embedding(size, dim, padding_idx=PAD_IDX)
+                # Until set_item_side is called every real item has the unknown side id (1).
+                side = torch.ones(n_items, dtype=torch.long)
+                side[PAD_IDX] = PAD_IDX
+                self.register_buffer(f"item_{name}", side)  # persistent: saved in checkpoints
+        for emb in (self.item, *self.sides.values()):
+            # |e| ~ 1 at init: unit-variance N(0,1) rows would give huge initial logits
+            nn.init.normal_(emb.weight, std=dim ** -0.5)
+            with torch.no_grad():
+                emb.weight[PAD_IDX].zero_()
+
+    @torch.no_grad()
+    def set_item_side(self, category_idx: Tensor | None, brand_idx: Tensor | None,
+                      item_idx: Tensor | None = None) -> None:
+        """Set item -> side id maps (from item_features). Without `item_idx` the tensors
+        are indexed by item id and have length n_items; with it, they are rows of the
+        table (item_idx[j] has category_idx[j], brand_idx[j]); other items keep theirs."""
+        for name, ids in (("category", category_idx), ("brand", brand_idx)):
+            if ids is None or name not in self.sides:
+                continue
+            buf: Tensor = getattr(self, f"item_{name}")
+            ids = torch.as_tensor(ids, dtype=torch.long, device=buf.device)
+            if item_idx is None:
+                if ids.shape != buf.shape:
+                    raise ValueError(f"{name}_idx must have length n_items={self.n_items}")
+                buf.copy_(ids)
+            else:
+                buf[torch.as_tensor(item_idx, dtype=torch.long, device=buf.device)] = ids
+            if int(buf.min()) < 0 or int(buf.max()) >= self.sides[name].num_embeddings:
+                raise ValueError(f"{name}_idx out of range of its vocabulary")
+            buf[PAD_IDX] = PAD_IDX  # padding stays the zero vector
+
+    def forward(self, idx: Tensor) -> Tensor:
+        e = self.item(idx)  # (..., D)
+        for name, emb in self.sides.items():
+            e = e + emb(getattr(self, f"item_{name}")[idx])
+        return e / (1 + len(self.sides))
+
+
+class RoutingOutput(NamedTuple):
+    capsules: Tensor  # (B, K, D) interest capsules u_j (zero for inactive interests)
+    mask: Tensor  # (B, K) bool, True for the K'_u active interests
+    coupling: Tensor | None  # (B, K, L) w_ij of the last iteration; None for mean pooling
+
+
+class B2IRouting(nn.Module):
+    """Behaviour-to-interest dynamic routing (MIND, Algorithm 1).
+
+    One shared bilinear map S (d x d), e_hat = S e. Logits b (B,K,L) start from
+    N(0, sigma^2) without gradient; w = softmax of b over the *interest* axis,
+    restricted to the user's K'_u active interests; padded behaviours get weight
+    0; z_j = sum_i w_ij e_hat_i; u_j = squash(z_j); b_ij += u_j . e_hat_i.
+    e_hat is detached in all but the last of the r iterations, so gradients
+    reach S (and the embeddings) through the final iteration only.
+    """
+
+    def __init__(self, dim: int, n_interests: int, iters: int = 3, sigma: float = 1.0,
+                 dynamic: bool = True, seed: int = 0):
+        super().__init__()
+        self.k, self.iters, self.sigma, self.dynamic, self.seed = n_interests, iters, sigma, dynamic, seed
+        self.S = nn.Linear(dim, dim, bias=False)
+        self._eval_noise = torch.empty(0, n_interests)  # (L', K) cache; NOT a buffer: derived from seed
+
+    def eval_noise(self, length: int) -> Tensor:
+        """Fixed initial logits for eval mode, (L, K). Row i depends only on (seed, i):
+        rows are drawn one at a time from a seeded generator, so a longer table extends
+        a shorter one and the noise of a behaviour position never depends on L or B."""
+        if self._eval_noise.shape[0] < length:
+            g = torch.Generator().manual_seed(self.seed)
+            n = max(length, 64)
+            self._eval_noise = torch.stack([torch.randn(self.k, generator=g) for _ in range(n)])
+        return self._eval_noise[:length]
+
+    def initial_logits(self, batch: int, length: int, device: torch.device) -> Tensor:
+        """b_ij at the start of routing, (B, K, L), never requiring grad."""
+        if self.training:
+            # fresh per forward and per user; from the global RNG, which DDP seeds per rank
+            return torch.randn(batch, self.k, length, device=device) * self.sigma
+        noise = self.eval_noise(length).to(device).t() * self.sigma  # (K, L)
+        return noise.unsqueeze(0).expand(batch, -1, -1)
+
+    def forward(self, e: Tensor, hist_len: Tensor, bmask: Tensor | None = None,
+                init_logits: Tensor | None = None) -> RoutingOutput:
+        """e: (B, L, D) behaviour embeddings; hist_len: (B,); bmask: (B, L) bool real
+        behaviours (default: position < hist_len); init_logits: optional (B, K, L)
+        starting logits (tests, analysis), else drawn as described above."""
+        B, L, _ = e.shape
+        if bmask is None:
+            bmask = torch.arange(L, device=e.device)[None, :] < hist_len[:, None]  # (B, L)
+        k_active = n_active_interests(hist_len, self.k, self.dynamic).to(e.device)  # (B,)
+        imask = torch.arange(self.k, device=e.device)[None, :] < k_active[:, None]  # (B, K)
+
+        e_hat = self.S(e)  # (B, L, D)
+        e_hat_nograd = e_hat.detach()
+        if init_logits is not None and init_logits.shape != (B, self.k, L):
+            raise ValueError(f"init_logits must be (B, K, L) = {(B, self.k, L)}, got {tuple(init_logits.shape)}")
+        b = self.initial_logits(B, L, e.device) if init_logits is None else init_logits
+        b = b.detach().to(e.dtype)  # (B, K, L)
+        for it in range(self.iters):
+            src = e_hat if it == self.iters - 1 else e_hat_nograd  # grads via the last iteration only
+            # each behaviour spreads itself over the active interests (softmax over K, not L)
+            w = torch.softmax(b.masked_fill(~imask[:, :, None], float("-inf")), dim=1)  # (B, K, L)
+            w = w * bmask[:, None, :].to(w.dtype)  # padding carries no weight
+            z = torch.einsum("bkl,bld->bkd", w, src)  # (B, K, D)
+            u = squash(z)  # (B, K, D)
+            if it < self.iters - 1:
+                b = b + torch.einsum("bkd,bld->bkl", u, src)  # (B, K, L), no grad (src detached)
+        # inactive interests received no weight, so u = squash(0) = 0 there already
+        return RoutingOutput(u, imask, w)
+
+
+class LabelAwareAttention(nn.Module):
+    """v_u = V_u . softmax(pow(V_u^T e_i, p)) over the active interests.
+
+    pow is sign-safe (sign(x) |x|^p) so negative scores never give NaN; p = 0 is
+    uniform attention, p = inf hard attention (the active interest with the
+    highest score; the paper's best). Inactive interests get zero weight.
+    """
+
+    def __init__(self, p: float = math.inf, eps: float = 1e-12):
+        super().__init__()
+        self.p, self.eps = float(p), eps
+
+    def weights(self, V: Tensor, mask: Tensor, e: Tensor) -> Tensor:
+        """Attention weights (B, K) for user interests V (B,K,D) and label embeddings e (B,D)."""
+        scores = torch.einsum("bkd,bd->bk", V, e)  # (B, K)
+        if self.p == 0:
+            w = mask.to(scores.dtype)
+            return w / w.sum(1, keepdim=True).clamp(min=1)
+        if math.isinf(self.p):
+            best = scores.masked_fill(~mask, float("-inf")).argmax(1)  # (B,)
+            return F.one_hot(best, V.shape[1]).to(scores.dtype)
+        # clamp before pow: |x|^p with p < 1 has an infinite derivative at 0
+        powed = torch.sign(scores) * scores.abs().clamp(min=self.eps).pow(self.p)
+        return torch.softmax(powed.masked_fill(~mask, float("-inf")), dim=1)
+
+    def forward(self, V: Tensor, mask: Tensor, e: Tensor) -> Tensor:
+        return torch.einsum("bk,bkd->bd", self.weights(V, mask, e), V)  # (B, D)
+
+
+class ProfileEmbedding(nn.Module):
+    """Concatenation of one embedding per profile field; (B, n_fields * dim)."""
+
+    def __init__(self, vocab: Mapping[str, int], dim: int):
+        super().__init__()
+        self.fields = tuple(vocab)
+        self.emb = nn.ModuleDict({f: nn.Embedding(n, dim, padding_idx=PAD_IDX) for f, n in vocab.items()})
+        self.out_dim = dim * len(self.fields)
+
+    def forward(self, profile: Mapping[str, Tensor] | None) -> Tensor | None:
+        if not self.fields:
+            return None
+        if profile is None:
+            raise ValueError(f"the model embeds profile fields {self.fields}; pass them")
+        parts = []
+        for f in self.fields:
+            # accept both the field name and its column name in the sample tables
+            ids = profile[f] if f in profile else profile.get(f"{f}_idx")
+            if ids is None:
+                raise KeyError(f"profile field {f!r} (or {f}_idx) missing")
+            parts.append(self.emb[f](ids.long()))  # (B, dim)
+        return torch.cat(parts, dim=-1)
+
+
+class UserTower(nn.Module):
+    """[capsule ; profile] -> ReLU MLP -> d, applied to each interest independently."""
+
+    def __init__(self, dim: int, profile_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        sizes = (dim + profile_dim, *hidden)
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], dim))  # no ReLU at the end: scores need both signs
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, caps: Tensor, profile: Tensor | None) -> Tensor:
+        if profile is not None:
+            profile = profile[:, None, :].expand(-1, caps.shape[1], -1)  # (B, K, P)
+            caps = torch.cat([caps, profile], dim=-1)  # (B, K, D + P)
+        return self.mlp(caps)  # (B, K, D)
+
+
+class MIND(nn.Module):
+    """MIND, MIND-1-interest (K = 1) or YouTube DNN (pooling="mean"): one code path."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands)
+        self.routing = (B2IRouting(d, cfg.n_interests, cfg.routing_iters, cfg.routing_sigma,
+                                   cfg.dynamic_interests, cfg.routing_seed)
+                        if cfg.pooling == "routing" else None)
+        self.profile = ProfileEmbedding(cfg.profile_vocab, cfg.profile_dim)
+        self.tower = UserTower(d, self.profile.out_dim, cfg.tower_hidden)
+        self.attention = LabelAwareAttention(cfg.pow_p)
+
+    def set_item_side(self, category_idx: Tensor | None, brand_idx: Tensor | None,
+                      item_idx: Tensor | None = None) -> None:
+        self.items.set_item_side(category_idx, brand_idx, item_idx)
+
+    def item_embeddings(self, idx: Tensor) -> Tensor:
+        return self.items(idx)  # (..., D)
+
+    def all_item_embeddings(self, chunk: int = 1 << 18) -> Tensor:
+        """(n_items, D), row i = item i (0 = padding = zero). Chunked to bound temporaries."""
+        dev = self.items.item.weight.device
+        return torch.cat([self.items(torch.arange(s, min(s + chunk, self.cfg.n_items), device=dev))
+                          for s in range(0, self.cfg.n_items, chunk)])
+
+    def interest_capsules(self, hist: Tensor, hist_len: Tensor,
+                          init_logits: Tensor | None = None) -> RoutingOutput:
+        """Capsules before the user tower: routing output, or the masked mean of the
+        behaviour embeddings as a single capsule (YouTube DNN)."""
+        hist_len = hist_len.long()
+        bmask = behaviour_mask(hist, hist_len)  # (B, L)
+        e = self.items(hist)  # (B, L, D)
+        if self.routing is not None:
+            return self.routing(e, hist_len, bmask, init_logits)
+        m = bmask.to(e.dtype)[:, :, None]  # (B, L, 1)
+        mean = (e * m).sum(1) / m.sum(1).clamp(min=1)  # (B, D)
+        return RoutingOutput(mean[:, None, :], torch.ones_like(bmask[:, :1]), None)
+
+    def user_interests(self, hist: Tensor, hist_len: Tensor,
+                       profile: Mapping[str, Tensor] | None = None,
+                       init_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """f_user: (V (B, K, D), mask (B, K) bool). Inactive interests are zeroed."""
+        caps, mask, _ = self.interest_capsules(hist, hist_len, init_logits)
+        V = self.tower(caps, self.profile(profile))  # (B, K, D)
+        return V * mask[:, :, None].to(V.dtype), mask
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """User vector after label-aware attention on batch["target"]: (B, D)."""
+        V, mask = self.user_interests(batch["hist"], batch["hist_len"], batch)
+        return self.attention(V, mask, self.items(batch["target"]))
