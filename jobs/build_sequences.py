@@ -464,7 +464,9 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         items_df = out["items"]
         stats = {
             "ds": cfg.ds,
-            "window": {"start": window_start, "end": cfg.ds, "missing_days": missing_days},
+            "window": {"start": window_start, "end": cfg.ds,
+                       "missing_days": len(missing_days),
+                       "missing_days_first": missing_days[:10]},
             "counts": counts,
             "identity_holds": True,
             "quarantined_by_reason": by_reason,
