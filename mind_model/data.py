@@ -1,0 +1,100 @@
+"""Reading the data-prep output (`sequences/ds=<ds>/`) into numpy for the model side.
+
+Training batches come through `mind_model.reader` (petastorm); everything small
+enough to hold in memory — vocabulary sizes, item side ids, evaluation users — is
+read here with pyarrow.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mind_model.config import ModelConfig
+from schemas import EVAL_SAMPLES, ITEM_FEATURES, PROFILE_FIELDS, TRAIN_SAMPLES, UNK_IDX
+
+PROFILE_COLUMNS = tuple(f"{f}_idx" for f in PROFILE_FIELDS)
+
+
+@dataclass
+class DatasetMeta:
+    """What a model needs to know about one ds of prepared data."""
+
+    seq_dir: Path
+    n_items: int                    # item vocabulary size (max idx + 1)
+    n_categories: int
+    n_brands: int
+    profile_vocab: dict[str, int]   # field -> vocabulary size; {} when no profiles
+    item_category: np.ndarray       # (n_items,) int64, category idx of each item (1 = unknown)
+    item_brand: np.ndarray          # (n_items,) int64
+    item_counts: np.ndarray         # (n_items,) int64, kept interactions (0 = not in today's data)
+    active_items: np.ndarray        # (M,) int64, the items of today's catalogue
+    train_samples: int
+    stats: dict[str, Any]
+
+    def model_config(self, **overrides: Any) -> ModelConfig:
+        """A ModelConfig sized to this data (side and profile features only if present)."""
+        # A vocabulary of size 2 holds only padding and unknown: the feature is absent.
+        present = {f: n for f, n in self.profile_vocab.items() if n > 2}
+        base = dict(n_items=self.n_items,
+                    n_categories=self.n_categories if self.n_categories > 2 else 0,
+                    n_brands=self.n_brands if self.n_brands > 2 else 0,
+                    profile_vocab=present)
+        base.update(overrides)
+        return ModelConfig(**base)
+
+
+def load_meta(seq_dir: Path | str) -> DatasetMeta:
+    seq_dir = Path(seq_dir)
+    stats_path = seq_dir / "stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"{stats_path} not found: is {seq_dir} a build_sequences output?")
+    stats = json.loads(stats_path.read_text())
+    sizes = stats["vocab_sizes"]
+    items = pq.read_table(seq_dir / "items", schema=ITEM_FEATURES.arrow_schema())
+    idx = items.column("item_idx").to_numpy().astype(np.int64)
+    n_items = int(sizes["item"])
+    cat = np.full(n_items, UNK_IDX, dtype=np.int64)
+    brand = np.full(n_items, UNK_IDX, dtype=np.int64)
+    counts = np.zeros(n_items, dtype=np.int64)
+    cat[idx] = items.column("category_idx").to_numpy()
+    brand[idx] = items.column("brand_idx").to_numpy()
+    counts[idx] = items.column("interactions").to_numpy()
+    return DatasetMeta(
+        seq_dir=seq_dir, n_items=n_items, n_categories=int(sizes["category"]),
+        n_brands=int(sizes["brand"]),
+        profile_vocab={f: int(sizes[f]) for f in PROFILE_FIELDS if f in sizes},
+        item_category=cat, item_brand=brand, item_counts=counts, active_items=np.sort(idx),
+        train_samples=int(stats["train_samples"]), stats=stats)
+
+
+def _read(seq_dir: Path, split: str, table) -> dict[str, np.ndarray]:
+    path = Path(seq_dir) / split
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found")
+    t = pq.read_table(path, schema=table.arrow_schema())
+    out: dict[str, np.ndarray] = {}
+    for name in table.names:
+        col = t.column(name)
+        if name == "hist":  # fixed length L: one (N, L) array
+            flat = col.combine_chunks().flatten().to_numpy()
+            out[name] = flat.reshape(t.num_rows, -1).astype(np.int64)
+        elif name == "full_seq":  # variable length: a list of arrays
+            out[name] = [np.asarray(x, dtype=np.int64) for x in col.to_pylist()]
+        else:
+            out[name] = col.to_numpy().astype(np.int64)
+    return out
+
+
+def read_eval(seq_dir: Path | str, split: str = "test") -> dict[str, np.ndarray]:
+    """Held-out users (`test` or `valid`): hist (N, L), hist_len, target, full_seq, profile ids."""
+    return _read(Path(seq_dir), split, EVAL_SAMPLES)
+
+
+def read_train(seq_dir: Path | str) -> dict[str, np.ndarray]:
+    """All training samples in memory (baselines and small data; training streams instead)."""
+    return _read(Path(seq_dir), "train", TRAIN_SAMPLES)
