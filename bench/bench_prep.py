@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default=os.environ.get("SIZES", "1000000,10000000"),
                    help="comma-separated event counts")
-    p.add_argument("--driver-memory", default="8g")
+    p.add_argument("--driver-memory", default="4g")
     p.add_argument("--out", type=Path, default=Path("bench/results/prep.json"))
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where generated data goes (default: a temporary folder, removed)")
