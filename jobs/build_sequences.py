@@ -310,17 +310,19 @@ def build_outputs(events: DataFrame, profiles: DataFrame | None,
     users = seqs.select(*USERS.names)
     L = cfg.max_len
 
-    # ---- training samples: every position t >= 1 of a training user's sequence
-    t = F.col("t")
-    train_hist = last_items(F.col("items"), t, L)
-    train = (seqs.where(F.col("split") == "train")
-             .where(F.col("n_events") >= 2)
-             .select("*", F.explode(F.sequence(F.lit(1), F.size("items") - 1)).alias("t"))
-             .select("user_idx", "t", "items", *profile_cols,
-                     train_hist.alias("h"), F.element_at("items", t + 1).alias("target"))
-             .select("user_idx", "t", padded(F.col("h"), F.size("h"), L).alias("hist"),
-                     F.size("h").cast("int").alias("hist_len"),
-                     F.col("target").cast("int").alias("target"), *profile_cols))
+    # ---- training samples: every position t >= 1 of a training user's sequence.
+    # Built as one array of (t, hist, target) structs per user, then inlined, so no
+    # exploded row carries the whole sequence (that would cost O(n^2) per user).
+    seq = F.col("items")
+
+    def sample(t):
+        n_hist = F.least(t, F.lit(L))
+        return F.struct(t.alias("t"), padded(last_items(seq, t, L), n_hist, L).alias("hist"),
+                        n_hist.alias("hist_len"), F.element_at(seq, t + 1).alias("target"))
+
+    train = (seqs.where((F.col("split") == "train") & (F.col("n_events") >= 2))
+             .select("user_idx", *profile_cols,
+                     F.inline(F.transform(F.sequence(F.lit(1), F.size(seq) - 1), sample))))
 
     # ---- held-out users: one interacted item at random (seeded) is the target
     pos = (F.lit(1) + F.pmod(F.xxhash64(F.lit(cfg.seed + 1), F.col("user_id")),
