@@ -65,13 +65,21 @@ class StandaloneCluster:
             [str(cls), *args], env=self._env(), stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True))  # own process group: stop() kills the JVM and its children
 
+    def state(self) -> dict:
+        """The master's status JSON (workers, active and completed applications)."""
+        with urllib.request.urlopen(f"http://{HOST}:{self.webui_port}/json", timeout=2) as r:
+            return json.load(r)
+
     def alive_workers(self) -> int:
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.webui_port}/json", timeout=2) as r:
-                state = json.load(r)
+            state = self.state()
         except OSError:
             return -1
         return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    def completed_apps(self) -> list[str]:
+        """Names of the applications that ran on this cluster and finished."""
+        return [a.get("name", "") for a in self.state().get("completedapps", [])]
 
     def start(self) -> "StandaloneCluster":
         self._spawn("master", ["org.apache.spark.deploy.master.Master", "--host", HOST,

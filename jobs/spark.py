@@ -56,8 +56,14 @@ def ensure_java() -> str:
     return os.environ["JAVA_HOME"]
 
 
-def resolve_master(master: str | None = None) -> str:
-    return master or os.environ.get(MASTER_ENV) or DEFAULT_MASTER
+def resolve_master(master: str | None = None) -> str | None:
+    """The master to set: explicit, else $MIND_SPARK_MASTER, else local[*] — except under
+    spark-submit (which starts the driver with PYSPARK_GATEWAY_PORT set), where None is
+    returned so that spark-submit's own --master is not overridden."""
+    explicit = master or os.environ.get(MASTER_ENV)
+    if explicit:
+        return explicit
+    return None if "PYSPARK_GATEWAY_PORT" in os.environ else DEFAULT_MASTER
 
 
 def start_spark(app_name: str, master: str | None = None,
@@ -70,7 +76,10 @@ def start_spark(app_name: str, master: str | None = None,
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(resolve_master(master))
+    builder = SparkSession.builder.appName(app_name)
+    resolved = resolve_master(master)
+    if resolved is not None:
+        builder = builder.master(resolved)
     for key, value in {**DEFAULT_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

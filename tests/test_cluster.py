@@ -40,6 +40,8 @@ def test_standalone_cluster_matches_local(spark, tmp_path):
                             conf={"spark.executor.memory": "1g",
                                   "spark.sql.shuffle.partitions": "4"})
         assert "input " in proc.stdout
+        # The job really ran on the cluster (not in a local master inside spark-submit).
+        assert cluster.completed_apps() == ["mind-build-sequences"]
         processes = list(cluster.procs)
     assert processes and all(p.poll() is not None for p in processes)  # the cluster is stopped
 
