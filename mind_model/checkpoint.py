@@ -1,0 +1,156 @@
+"""Checkpoints that describe themselves: save atomically, load safely, warm start.
+
+A checkpoint is a dict of plain Python values and tensors only, so that
+`torch.load(..., weights_only=True)` reads it (no pickled classes, no Path, no numpy):
+
+    {"model_config": ModelConfig.to_dict(),    # rebuilds the model (pow_p may be inf)
+     "train_config": {...},                    # TrainConfig as plain values
+     "model": state_dict,                      # parameters + item side buffers
+     "optimizer": state_dict | None,           # Adam moments and step counts (resume)
+     "step": int, "epoch": int,                # global optimiser steps / epochs completed
+     "best": {...}, "meta": {...}, "history": [...]}
+
+- `save_checkpoint(path, ...)`: written to a temporary file beside `path`, then
+  `os.replace`d in, so a reader never sees half a checkpoint.
+- `load_checkpoint(path)`, `load_model(path, device)` (eval mode, item side restored).
+- `warm_start(model, previous_path)`: yesterday's parameters into today's model,
+  growing embedding tables whose vocabulary grew (ids are stable across days).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mind_model.config import ModelConfig
+from mind_model.model import MIND
+
+log = logging.getLogger(__name__)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    while hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel,
+                                                          nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def plain(value: Any) -> Any:
+    """Convert to what `weights_only=True` unpickles: dict/list/str/int/float/bool/None/tensor.
+    Paths become strings, numpy scalars and arrays become Python numbers and lists."""
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy array or scalar
+        return plain(value.tolist())
+    if hasattr(value, "item"):
+        return plain(value.item())
+    raise TypeError(f"cannot store {type(value).__name__} in a weights_only checkpoint")
+
+
+def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelConfig,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    train_config: Mapping[str, Any] | None = None, step: int = 0, epoch: int = 0,
+                    best: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
+                    history: list[Mapping[str, Any]] | None = None) -> Path:
+    """Write the checkpoint atomically (temporary file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model_config": model_config.to_dict(),
+        "train_config": plain(dict(train_config or {})),
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "epoch": int(epoch),
+        "best": plain(dict(best or {})),
+        "meta": plain(dict(meta or {})),
+        "history": plain(list(history or [])),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint dict, loaded on CPU with weights_only=True (no arbitrary unpickling)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def load_model(path: Path | str | Mapping[str, Any], device: str | torch.device = "cpu") -> MIND:
+    """MIND rebuilt from the checkpoint's config, weights and item side ids; eval mode."""
+    ckpt = path if isinstance(path, Mapping) else load_checkpoint(path)
+    model = MIND(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"], strict=True)  # item_category / item_brand are buffers
+    return model.to(device).eval()
+
+
+def _embedding_tables(model: nn.Module) -> set[str]:
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+
+
+@torch.no_grad()
+def warm_start(model: nn.Module, previous: Path | str | Mapping[str, Any],
+               strict: bool = True) -> dict[str, Any]:
+    """Copy the parameters of a previous checkpoint into `model` (in place).
+
+    Embedding tables whose vocabulary grew keep the old rows at their index (ids are
+    stable across days, new ids are appended) and the model's fresh init for the new
+    rows. Any other shape difference — or a shrunk vocabulary — raises, naming the
+    parameter. Buffers (item -> side id maps) are not copied: they describe today's
+    catalogue and come from today's data (`set_item_side`). With strict, parameters
+    missing on either side raise; otherwise they are skipped with a warning.
+    Returns {"copied": [...], "grown": {name: [old_rows, new_rows]}, "skipped": [...]}.
+    """
+    ckpt = previous if isinstance(previous, Mapping) else load_checkpoint(previous)
+    old: Mapping[str, Tensor] = ckpt["model"]
+    model = unwrap(model)
+    params = dict(model.named_parameters())
+    tables = _embedding_tables(model)
+    missing = sorted(set(params) - set(old))
+    unexpected = sorted(k for k in set(old) - set(params) if k not in dict(model.named_buffers()))
+    if strict and (missing or unexpected):
+        raise ValueError(f"warm start: parameters missing from the previous model: {missing}; "
+                         f"parameters the new model lacks: {unexpected}")
+    report: dict[str, Any] = {"copied": [], "grown": {}, "skipped": missing + unexpected}
+    for name, p in params.items():
+        if name not in old:
+            log.warning("warm start: %s not in the previous model; keeping its fresh init", name)
+            continue
+        src = old[name].to(device=p.device, dtype=p.dtype)
+        if src.shape == p.shape:
+            p.copy_(src)
+            report["copied"].append(name)
+        elif name in tables and src.dim() == 2 and src.shape[1:] == p.shape[1:] \
+                and src.shape[0] < p.shape[0]:
+            p[: src.shape[0]].copy_(src)  # old ids keep their rows; appended ids keep fresh init
+            report["grown"][name] = [int(src.shape[0]), int(p.shape[0])]
+            report["copied"].append(name)
+        else:
+            why = ("its vocabulary shrank (ids must be stable across days)"
+                   if name in tables and src.shape[0] > p.shape[0] and src.shape[1:] == p.shape[1:]
+                   else "shapes differ")
+            raise ValueError(f"warm start: parameter {name!r} has shape {tuple(src.shape)} in the "
+                             f"previous model and {tuple(p.shape)} now: {why}")
+    log.info("warm start: %d parameters copied, %d embedding tables grown %s",
+             len(report["copied"]), len(report["grown"]), report["grown"])
+    return report
