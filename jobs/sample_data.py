@@ -9,9 +9,16 @@ model learns against what was planted):
 * Each user has 1..5 interests (skewed towards 2-3), i.e. clusters with weights,
   and a heavy-tailed activity level, so sequence lengths vary.
 * Events come in sessions: an event starts a new session with probability
-  `SWITCH_P`, a session draws one of the user's interests by weight, and every
+  `switch_p` (default `SWITCH_P`), a session draws one of the user's interests by weight, and every
   event of the session picks an item of that cluster by popularity (a few % of
   events pick a uniformly random item instead). Sequences therefore carry signal.
+* How multi-interest the users are is a parameter: `switch_p` near 1 interleaves
+  the interests event by event (the next item's interest is unknown from the last
+  one, so one pooled vector must cover several clusters), and `interest_count_p`
+  (P(1..5 interests)) sets how many interests a user has. The defaults give short
+  single-interest sessions, which a model can follow from the last few events; the
+  "multi-interest" preset (`MULTI_INTEREST`, CLI `--preset multi`) is 3-5
+  interests per user, interleaved (switch_p = 1).
 * Behaviour types follow the Taobao UserBehavior shares (click >> cart > fav > buy).
 
 Output under `out_root` (each folder published atomically, a rerun with the same
@@ -57,6 +64,8 @@ BEHAVIOR_P = (0.895, 0.055, 0.029, 0.021)  # Taobao UserBehavior: pv, cart, fav,
 INTEREST_COUNT_P = (0.15, 0.30, 0.30, 0.15, 0.10)  # P(user has 1..5 interests)
 MAX_INTERESTS = len(INTEREST_COUNT_P)
 SWITCH_P = 0.25  # chance an event starts a new session: sessions average ~4 events
+# Strongly multi-interest users: 3..5 interests each, a fresh interest draw at every event.
+MULTI_INTEREST = {"switch_p": 1.0, "interest_count_p": (0.0, 0.0, 0.4, 0.35, 0.25)}
 NOISE_P = 0.03  # chance an event ignores the user's interests (uniform item)
 ZIPF_ITEM = 0.8  # mild, so tail items still reach min_item_count on small data
 ZIPF_CLUSTER = 0.5  # some interests are more common than others
@@ -162,10 +171,10 @@ class Users:
 
 
 def _users(rng: np.random.Generator, n_users: int, n_clusters: int, n_events: int,
-           days: int) -> Users:
+           days: int, interest_count_p: tuple[float, ...] = INTEREST_COUNT_P) -> Users:
     cluster_p = (np.arange(1, n_clusters + 1) ** -ZIPF_CLUSTER)[rng.permutation(n_clusters)]
     log_p = np.log(cluster_p / cluster_p.sum())
-    k = rng.choice(np.arange(1, MAX_INTERESTS + 1), size=n_users, p=INTEREST_COUNT_P)
+    k = rng.choice(np.arange(1, MAX_INTERESTS + 1), size=n_users, p=interest_count_p)
     k = np.minimum(k, n_clusters)
     top = min(MAX_INTERESTS, n_clusters)
     interests = np.full((n_users, MAX_INTERESTS), -1, np.int64)
@@ -213,7 +222,8 @@ def _profiles(rng: np.random.Generator, users: Users, n_clusters: int) -> pa.Tab
 
 
 def _chunk_events(rng: np.random.Generator, users: Users, cat: Catalogue,
-                  user_idx: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+                  user_idx: np.ndarray, counts: np.ndarray,
+                  switch_p: float = SWITCH_P) -> dict[str, np.ndarray]:
     """Events of the given users on one day, ordered by (time, user)."""
     n = int(counts.sum())
     group = np.repeat(np.arange(len(user_idx)), counts)  # (n,)
@@ -224,7 +234,7 @@ def _chunk_events(rng: np.random.Generator, users: Users, cat: Catalogue,
     t = (rng.random(n) * (DAY_TICKS - counts[group])).astype(np.int64)
     t = np.sort(group * DAY_TICKS + t) - group * DAY_TICKS + rank  # sorted within user
 
-    new_session = rng.random(n) < SWITCH_P
+    new_session = rng.random(n) < switch_p
     new_session[starts] = True
     session = np.cumsum(new_session) - 1
     s_user = user[new_session]
@@ -298,10 +308,19 @@ def injected_per_kind(n_events: int) -> int:
 
 def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
              n_users: int | None = None, n_items: int | None = None,
-             n_clusters: int | None = None, seed: int = 0, bad_rows: bool = False) -> dict:
-    """Write `n_events` events over `days` days ending at `end_ds`; return the summary."""
+             n_clusters: int | None = None, seed: int = 0, bad_rows: bool = False,
+             switch_p: float = SWITCH_P,
+             interest_count_p: tuple[float, ...] = INTEREST_COUNT_P) -> dict:
+    """Write `n_events` events over `days` days ending at `end_ds`; return the summary.
+    `switch_p` and `interest_count_p` set how multi-interest users are (module docstring)."""
     if days < 1 or n_events < 1:
         raise ValueError("days and n_events must be >= 1")
+    if not 0.0 < switch_p <= 1.0:
+        raise ValueError(f"switch_p must be in (0, 1], got {switch_p}")
+    interest_count_p = tuple(float(x) for x in interest_count_p)
+    if len(interest_count_p) != MAX_INTERESTS or min(interest_count_p) < 0 \
+            or abs(sum(interest_count_p) - 1.0) > 1e-6:
+        raise ValueError(f"interest_count_p: {MAX_INTERESTS} probabilities summing to 1")
     n_users, n_items, n_clusters = default_sizes(n_events, n_users, n_items, n_clusters)
     if n_users > n_events:
         raise ValueError(f"n_users={n_users} > n_events={n_events}: every user needs an event")
@@ -313,7 +332,7 @@ def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
 
     rng = np.random.default_rng([seed, 0])
     cat = _catalogue(rng, n_items, n_clusters)
-    users = _users(rng, n_users, n_clusters, n_events, days)
+    users = _users(rng, n_users, n_clusters, n_events, days, interest_count_p)
     profiles = _profiles(rng, users, n_clusters)
     log.log(loud, "catalogue and %d users ready in %.1fs", n_users, time.perf_counter() - t0)
 
@@ -335,7 +354,7 @@ def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
                 n_rows = 0
                 for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
                     crng = np.random.default_rng([seed, 1, d, b])
-                    ev = _chunk_events(crng, users, cat, active[lo:hi], c[lo:hi])
+                    ev = _chunk_events(crng, users, cat, active[lo:hi], c[lo:hi], switch_p)
                     # All of a day's bad rows go into its first chunk.
                     n_kind = {k: v[d] for k, v in inj_by_day.items()} if b == 0 else {}
                     ev = _inject(crng, ev, n_kind)
@@ -361,7 +380,8 @@ def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
         "n_events": n_events, "n_users": n_users, "n_items": n_items,
         "n_clusters": n_clusters, "n_categories": cat.n_categories, "n_brands": cat.n_brands,
         "rows_per_ds": rows_per_ds, "total_rows": sum(rows_per_ds.values()),
-        "injected": injected,
+        "injected": injected, "switch_p": switch_p,
+        "interest_count_p": list(interest_count_p),
     }
     with staged_dir(out_root / "truth") as tmp:
         _write_truth(tmp, users, cat)
@@ -402,12 +422,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=None, help="default items/100 in [8, 100]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bad-rows", action="store_true", help="inject malformed rows and duplicates")
+    p.add_argument("--preset", choices=("default", "multi"), default="default",
+                   help="multi: 3-5 interleaved interests per user (MULTI_INTEREST)")
+    p.add_argument("--switch-p", type=float, default=None,
+                   help=f"chance an event starts a new session (default {SWITCH_P}; multi 1.0)")
+    p.add_argument("--interest-count-p", default=None,
+                   help="P(1..5 interests), comma-separated (default "
+                        + ",".join(map(str, INTEREST_COUNT_P)) + ")")
     args = p.parse_args(argv)
+    shape = dict(MULTI_INTEREST) if args.preset == "multi" else {}
+    if args.switch_p is not None:
+        shape["switch_p"] = args.switch_p
+    if args.interest_count_p is not None:
+        shape["interest_count_p"] = tuple(float(x) for x in args.interest_count_p.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     s = generate(args.out, end_ds=args.end_ds, days=args.days, n_events=args.events,
                  n_users=args.users, n_items=args.items, n_clusters=args.clusters,
-                 seed=args.seed, bad_rows=args.bad_rows)
+                 seed=args.seed, bad_rows=args.bad_rows, **shape)
     print(f"wrote {s['total_rows']:,} rows ({s['n_events']:,} events"
           f" + {sum(s['injected'].values()):,} injected) for {s['n_users']:,} users,"
           f" {s['n_items']:,} items, {s['n_clusters']} clusters"

@@ -1,0 +1,124 @@
+"""compare: a tiny end-to-end run (three variants, three baselines, heat map, interest
+report with the planted clusters) on a small prep output built here; the table's
+relative-improvement column checked against the HR values."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from mind_model.compare import (METHOD_NAMES, add_relative, hr_se, markdown_table,
+                                parse_overrides, relative)
+
+DS = "2026-11-28"
+TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=128, batch_size=64, lr=3e-3,
+            threads=1, reader_workers=1, shuffle_buffer=1024, eval_users=300, log_every=10)
+
+
+@pytest.fixture(scope="module")
+def data(spark, tmp_path_factory) -> tuple[Path, Path]:
+    from jobs.build_sequences import PrepConfig, run
+    from jobs.sample_data import MULTI_INTEREST, generate
+
+    root = tmp_path_factory.mktemp("compare_data")
+    generate(root / "raw", end_ds=DS, days=2, n_events=12_000, seed=3, **MULTI_INTEREST)
+    run(PrepConfig(data_root=root, ds=DS, lookback_days=2, min_row_groups=2), spark)
+    return root / "sequences" / f"ds={DS}", root / "raw" / "truth"
+
+
+def _table_rows(md: str) -> dict[str, list[str]]:
+    """First table of compare.md: method -> its cells."""
+    rows, in_table = {}, False
+    for line in md.splitlines():
+        if line.startswith("| Method | HR@10"):
+            in_table = True
+            continue
+        if in_table:
+            if not line.startswith("|"):
+                break
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not cells[0].startswith("---"):
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.spark
+def test_compare_end_to_end(data, tmp_path):
+    from mind_model.compare import compare
+
+    seq_dir, truth = data
+    res = compare(seq_dir, tmp_path / "cmp", epochs=2, max_steps=30, seed=1, overrides=TINY,
+                  variant_overrides={"mind": {"n_interests": 3}}, truth_dir=truth,
+                  heatmap_users=2)
+    out = tmp_path / "cmp"
+    for name in ("compare.json", "compare.md", "coupling_heatmap.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "coupling_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    js = json.loads((out / "compare.json").read_text())
+    methods = js["methods"]
+    assert list(methods) == ["popularity", "itemcf", "als", "youtube", "mind1", "mind"]
+    # same data, budget and seed for the three variants; only the variant (and K) differ
+    tcs = js["settings"]["train_configs"]
+    for v in ("mind1", "mind"):
+        diff = {k for k in tcs[v] if tcs[v][k] != tcs["youtube"][k]}
+        assert diff <= {"variant", "out_dir", "n_interests"}, diff
+    assert tcs["mind"]["n_interests"] == 3 and tcs["mind"]["seed"] == 1
+    assert all(tc["max_steps"] == 30 for tc in tcs.values())
+
+    ref = methods["youtube"]["hr@50"]
+    rows = _table_rows((out / "compare.md").read_text())
+    assert set(rows) == {METHOD_NAMES[m] for m in methods}
+    for key, row in methods.items():
+        for n in (10, 50, 100):
+            assert 0.0 <= row[f"hr@{n}"] <= 1.0
+        assert row["hr@10"] <= row["hr@50"] <= row["hr@100"]
+        assert math.isclose(row["hr@50_se"], hr_se(row["hr@50"], row["users"]))
+        assert set(row["comirec"]) >= {"recall@20", "recall@50", "hr@20", "hr@50"}
+        cells = rows[METHOD_NAMES[key]]
+        assert float(cells[1]) == pytest.approx(row["hr@50"], abs=1e-4)
+        if ref > 0:
+            expected = (row["hr@50"] - ref) / ref
+            assert row["rel_hr@50"] == pytest.approx(expected)
+            shown = float(re.fullmatch(r"([+-][\d.]+)%", cells[4])[1])
+            assert shown == pytest.approx(expected * 100, abs=0.051)
+    assert methods["youtube"]["rel_hr@50"] == 0.0
+
+    rep = js["interests"]
+    assert 0 < rep["k_active_mean"] <= 3
+    assert -1.0 <= rep["diversity"] <= 1.0
+    recovery = rep["recovery"]["retrieval"]
+    assert recovery["users"] > 0 and 0.0 <= recovery["coverage"] <= recovery["coverage_ceiling"]
+    assert len(rep["heatmap_users"]) == 2
+    assert "MIND-K" in res["markdown"] and "cluster recovery" in res["markdown"]
+
+
+def test_relative_improvement_and_table():
+    methods = {"popularity": {"hr@10": 0.01, "hr@50": 0.05, "hr@100": 0.08, "hr@50_se": 0.01},
+               "youtube": {"hr@10": 0.1, "hr@50": 0.2, "hr@100": 0.3, "hr@50_se": 0.01},
+               "mind": {"hr@10": 0.12, "hr@50": 0.25, "hr@100": 0.33, "hr@50_se": 0.01}}
+    add_relative(methods)
+    assert methods["mind"]["rel_hr@50"] == pytest.approx(0.25)
+    assert methods["popularity"]["rel_hr@50"] == pytest.approx(-0.75)
+    assert methods["mind"]["rel_hr@10"] == pytest.approx(0.2)
+    rows = _table_rows(markdown_table(methods))
+    assert rows["MIND-K"][4] == "+25.0%" and rows["Popularity"][4] == "-75.0%"
+    assert rows["YouTube DNN"][4] == "+0.0%"
+    assert math.isnan(relative(0.1, 0.0))
+
+
+def test_parse_overrides():
+    common, per = parse_overrides(["embed_dim=32", "mind.n_interests=3", "tower_hidden=256,128",
+                                   "pow_p=inf", "sampler=popularity", "youtube.lr=0.002",
+                                   "mind1.tower_hidden=64"])
+    assert common == {"embed_dim": 32, "tower_hidden": (256, 128), "pow_p": math.inf,
+                      "sampler": "popularity"}
+    assert per == {"mind": {"n_interests": 3}, "youtube": {"lr": 0.002},
+                   "mind1": {"tower_hidden": (64,)}}
+    with pytest.raises(ValueError):
+        parse_overrides(["nope=1"])
+    with pytest.raises(ValueError):
+        parse_overrides(["other.embed_dim=1"])
