@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-all local-pipeline bench-prep lock clean
+.PHONY: setup test test-all local-pipeline bench-prep lock clean bench-train
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ local-pipeline: $(STAMP)
 
 bench-prep: $(STAMP)
 	$(PY) -m bench.bench_prep
+
+bench-train: $(STAMP)
+	$(PY) -m bench.bench_train
 
 # Regenerate the fully pinned lock from requirements.in (needs the package registry).
 lock:
