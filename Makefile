@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-all local-pipeline bench-prep lock clean bench-train
+.PHONY: setup test test-all local-pipeline bench-prep bench-index lock clean bench-train
 
 setup: $(STAMP)
 
@@ -40,6 +40,9 @@ bench-prep: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m bench.bench_train
+
+bench-index: $(STAMP)
+	$(PY) -m bench.bench_index
 
 # Regenerate the fully pinned lock from requirements.in (needs the package registry).
 lock:

@@ -25,6 +25,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
     "list<int32>": pa.list_(pa.int32()),
     "list<float32>": pa.list_(pa.float32()),
+    "list<list<float32>>": pa.list_(pa.list_(pa.float32())),
 }
 
 
@@ -41,6 +42,8 @@ def _spark_type(logical: str):
         "timestamp": T.TimestampType(),
         "list<int32>": T.ArrayType(T.IntegerType(), containsNull=False),
         "list<float32>": T.ArrayType(T.FloatType(), containsNull=False),
+        "list<list<float32>>": T.ArrayType(T.ArrayType(T.FloatType(), containsNull=False),
+                                           containsNull=False),
     }
     return simple[logical]
 
@@ -225,3 +228,33 @@ ALL_TABLES: tuple[Table, ...] = (
     RAW_EVENTS, USER_PROFILES, VOCAB, ITEM_FEATURES, USERS,
     TRAIN_SAMPLES, EVAL_SAMPLES, LATEST_SEQUENCES, QUARANTINE,
 )
+
+# ------------------------------------------------------------- serving artefacts
+
+USER_VECTORS = Table(
+    "user_vectors",
+    (
+        Column("user_idx", "int32", nullable=False),
+        Column("user_id", "string", nullable=False),
+        Column("vectors", "list<list<float32>>", nullable=False,
+               doc="the K'_u ACTIVE interest vectors v_uj (K'_u x D); inactive ones are dropped"),
+        Column("n_interests", "int32", nullable=False, doc="K'_u = number of vectors (1..K)"),
+        Column("model_version", "string", nullable=False, doc="content hash of the model file"),
+        Column("ds", "string", nullable=False, doc="ds of the sequences the vectors come from"),
+    ),
+    doc="Every user's serving-time interest vectors (f_user of their latest sequence + profile).",
+)
+
+ITEM_EMBEDDINGS = Table(
+    "item_embeddings",
+    (
+        Column("item_idx", "int32", nullable=False, doc="dense id = the FAISS id"),
+        Column("item_id", "string", nullable=False, doc="raw item id"),
+        Column("embedding", "list<float32>", nullable=False, doc="e_i (D)"),
+        Column("model_version", "string", nullable=False),
+        Column("ds", "string", nullable=False),
+    ),
+    doc="Embeddings of today's active catalogue, exported from the model for the ANN index.",
+)
+
+ALL_TABLES = ALL_TABLES + (USER_VECTORS, ITEM_EMBEDDINGS)

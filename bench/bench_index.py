@@ -1,0 +1,347 @@
+"""Benchmark of the item index, multi-interest retrieval and the user-embedding job.
+
+On generated item vectors (default 1M, d = 64) and user vectors drawn near the same
+clusters — 2000 cluster centres, noise of 0.8x a centre's scale, item norms varied
+(log-normal, sigma 0.25) as popularity does to learnt embeddings — for the exact index
+and the default ANN index (`jobs.index.choose_factory`), both in 2 shards searched
+together:
+
+- build time, index size (bytes written) and process memory growth;
+- single-user multi-interest retrieval latency p50/p99 for K = 1, 3, 5 at N = 50, 1000;
+- batch throughput (users/s, K = 3, N = 50), recall@50 / @1000 against exact search;
+- the ANN index at the nprobe the index job's gate picks (smallest with recall@100 >=
+  0.95), and again at the nprobe that gives recall@1000 >= 0.95 (for N = 1000);
+- f_user (user extraction) latency of a MIND model, and end to end (extraction + search,
+  K = 5, N = 1000), next to the paper's figure;
+- users/s of the Spark embedding job (`jobs.embed_users`) on local[1] and local[2].
+
+torch and faiss each bring an OpenMP runtime; with the default (active) wait policy
+the threads of one spin while the other works, which made f_user 30x slower right
+after a search on 2 cores. A process doing both — this benchmark, a retrieval
+service computing vectors on the fly — should run with OMP_WAIT_POLICY=PASSIVE
+(set below, before the libraries load, unless already set).
+
+    python -m bench.bench_index [--items 1000000] [--out bench/results/index.json]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numpy / faiss / torch load
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from jobs import index as ix  # noqa: E402
+
+DS = "2026-11-28"
+PAPER = ("MIND paper (Tmall, CIKM 2019): thousands of candidates from a pool of ~1 billion "
+         "items in under 15 ms per request, user extraction included (production serving "
+         "cluster)")
+NOISE = 0.8
+
+
+def rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    ms = np.asarray(times) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def generate(n_items: int, dim: int, n_clusters: int, seed: int = 0):
+    """Clustered item vectors and a function drawing users' K interest vectors."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    x = np.empty((n_items, dim), np.float32)
+    step = 1 << 18
+    for a in range(0, n_items, step):  # chunked: bounded temporaries
+        b = min(a + step, n_items)
+        x[a:b] = centres[rng.integers(0, n_clusters, b - a)] + \
+            NOISE * rng.standard_normal((b - a, dim), dtype=np.float32)
+        x[a:b] *= rng.lognormal(0.0, 0.25, (b - a, 1)).astype(np.float32)
+
+    def users(n: int, k: int, seed: int) -> list[np.ndarray]:
+        r = np.random.default_rng(seed)
+        return [(centres[r.integers(0, n_clusters, k)]
+                 + NOISE * r.standard_normal((k, dim), dtype=np.float32)).astype(np.float32)
+                for _ in range(n)]
+
+    return x, np.arange(2, n_items + 2, dtype=np.int64), users
+
+
+def build(kind: str, x, ids, a, work: Path) -> tuple[dict, list, object]:
+    factory = "Flat" if kind == "exact" else ix.choose_factory(len(ids))
+    print(f"[{kind}] building {factory} over {len(ids):,} items in {a.shards} shards ...",
+          flush=True)
+    m0, t0 = rss(), time.perf_counter()
+    shards = ix.build_shards(x, ids, factory, a.shards)
+    build_s = time.perf_counter() - t0
+    mem = rss() - m0
+    files = ix.write_shards(shards, work / kind)
+    shutil.rmtree(work / kind, ignore_errors=True)
+    out = {"factory": factory, "shards": a.shards, "build_seconds": round(build_s, 2),
+           "index_bytes": sum(f["bytes"] for f in files), "rss_growth_bytes": int(mem)}
+    print(f"[{kind}] built in {build_s:.1f}s, {out['index_bytes'] / 2**20:.0f} MiB", flush=True)
+    return out, shards, ix.combine(shards)
+
+
+def measure(name: str, index, shards, x, ids, users, a, *, tune_n: int,
+            ns: tuple[int, ...] = (50, 1000)) -> dict:
+    """Tune like the index job (recall@tune_n >= 0.95), then recall, latency, throughput."""
+    out: dict = {}
+    gate_users = users(a.gate_users, 3, seed=7)
+    t0 = time.perf_counter()
+    gate_exact = ix.exact_multi_interest(x, ids, gate_users, tune_n)
+    params, gate_recall, tried = ix.tune(index, shards[0], gate_users, gate_exact, tune_n, 0.95)
+    out["search_params"] = params
+    out["tuning"] = {f"recall@{tune_n}": round(gate_recall, 4), "tried": tried,
+                     "seconds": round(time.perf_counter() - t0, 1)}
+    exact_kind = not params
+    # an exact index has recall 1 by construction: fewer users suffice to check the shards
+    rec_users = users(a.recall_users // 4 if exact_kind else a.recall_users, 3, seed=11)
+    out["recall"] = {}
+    for n in ns:
+        exact = ix.exact_multi_interest(x, ids, rec_users, n)
+        out["recall"][f"@{n}"] = round(ix.recall(ix.multi_interest_search(index, rec_users, n),
+                                                 exact), 4)
+    n_req = max(20, a.requests // 5) if exact_kind else a.requests
+    out["latency"] = {}
+    for k in (1, 3, 5):
+        reqs = users(n_req, k, seed=100 + k)
+        for n in ns:
+            ix.multi_interest_search(index, reqs[:1], n)  # warm-up
+            times = []
+            for u in reqs:
+                t = time.perf_counter()
+                ix.multi_interest_search(index, [u], n)
+                times.append(time.perf_counter() - t)
+            out["latency"][f"K={k},N={n}"] = percentiles(times)
+    if 50 in ns:
+        batch = users(a.batch_users // 8 if exact_kind else a.batch_users, 3, seed=13)
+        t = time.perf_counter()
+        for s in range(0, len(batch), 256):
+            ix.multi_interest_search(index, batch[s:s + 256], 50)
+        out["batch_users_per_second"] = round(len(batch) / (time.perf_counter() - t), 1)
+    print(f"[{name}] params {params}, recall {out['recall']}, latency {out['latency']}, "
+          f"batch {out.get('batch_users_per_second')} users/s", flush=True)
+    return out
+
+
+def bench_extraction(n_items: int, dim: int, index, requests: int) -> dict:
+    """f_user latency of a MIND model (L = 50, K = 5) and extraction + ANN, N = 1000."""
+    import torch
+
+    from mind_model.config import ModelConfig
+    from mind_model.model import MIND
+    from mind_model.serving import interest_vectors
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=n_items + 2, n_categories=1000, n_brands=5000,
+                      profile_vocab={"gender": 4, "age_bucket": 9, "city_tier": 7},
+                      embed_dim=dim, max_len=50, n_interests=5)
+    model = MIND(cfg).eval()
+    rng = np.random.default_rng(3)
+    reqs = [(rng.integers(2, n_items + 2, (1, 50)), np.array([50]),
+             {"gender_idx": np.array([2]), "age_bucket_idx": np.array([3]),
+              "city_tier_idx": np.array([4])}) for _ in range(requests)]
+    interest_vectors(model, *reqs[0])
+    extract, total = [], []
+    for hist, hist_len, prof in reqs:
+        t = time.perf_counter()
+        vectors, _ = interest_vectors(model, hist, hist_len, prof)
+        t1 = time.perf_counter()
+        ix.multi_interest_search(index, vectors, 1000, [hist[0]])
+        t2 = time.perf_counter()
+        extract.append(t1 - t)
+        total.append(t2 - t)
+    return {"user_extraction": percentiles(extract),
+            "end_to_end_K=5_N=1000": percentiles(total),
+            "torch_threads": torch.get_num_threads()}
+
+
+def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: int = 0) -> None:
+    """A minimal sequences/ds=DS folder (latest/, items/, stats.json) + a MIND checkpoint."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from jobs.layout import DataLayout
+    from jobs.storage import write_json
+    from mind_model.checkpoint import save_checkpoint
+    from mind_model.data import load_meta
+    from mind_model.model import MIND
+    from schemas import ITEM_FEATURES, LATEST_SEQUENCES
+
+    layout = DataLayout(root)
+    seq = layout.sequences(DS)
+    rng = np.random.default_rng(seed)
+    lens = np.minimum(rng.geometric(1 / 30, n_users), L).astype(np.int32)
+    hist = rng.integers(2, n_items + 2, (n_users, L)).astype(np.int32)
+    hist[np.arange(L)[None, :] >= lens[:, None]] = 0
+    (seq / "latest").mkdir(parents=True)
+    table = pa.table({
+        "user_idx": pa.array(np.arange(2, n_users + 2, dtype=np.int32)),
+        "hist": pa.FixedSizeListArray.from_arrays(pa.array(hist.reshape(-1)), L).cast(
+            pa.list_(pa.int32())),
+        "hist_len": pa.array(lens),
+        "user_id": pa.array([f"u{i}" for i in range(n_users)]),
+        **{c: pa.array(rng.integers(1, 5, n_users).astype(np.int32))
+           for c in ("gender_idx", "age_bucket_idx", "city_tier_idx")},
+    }, schema=LATEST_SEQUENCES.arrow_schema())
+    pq.write_table(table, seq / "latest" / "part-00000.parquet", row_group_size=50_000)
+    (seq / "items").mkdir()
+    idx = np.arange(2, n_items + 2, dtype=np.int32)
+    pq.write_table(pa.table({
+        "item_idx": idx, "item_id": pa.array([f"i{i}" for i in idx]),
+        "category_idx": np.ones_like(idx), "brand_idx": np.ones_like(idx),
+        "interactions": np.ones(len(idx), np.int64)}, schema=ITEM_FEATURES.arrow_schema()),
+        seq / "items" / "part-00000.parquet")
+    write_json(seq / "stats.json", {"vocab_sizes": {
+        "item": n_items + 2, "category": 2, "brand": 2, "gender": 5, "age_bucket": 5,
+        "city_tier": 5}, "train_samples": 0})
+    torch.manual_seed(0)
+    model = MIND(load_meta(seq).model_config(embed_dim=64, n_interests=4))
+    save_checkpoint(layout.model_file(DS), model=model.eval(), model_config=model.cfg)
+
+
+def bench_embedding_job(work: Path, n_users: int, n_items: int) -> dict:
+    root = work / "embed"
+    make_sequences(root, n_users, n_items)
+    out = {"users": n_users, "model": "MIND d=64, K=4, L=50, tower (256,)"}
+    for cores in (1, 2):
+        cmd = [sys.executable, "-m", "jobs.embed_users", "--data-root", str(root), "--ds", DS,
+               "--master", f"local[{cores}]", "--conf", "spark.ui.showConsoleProgress=false"]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"embed_users failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        m = json.loads((root / "embeddings" / f"ds={DS}" / "manifest.json").read_text())
+        out[f"local[{cores}]"] = {
+            "users_per_second": m["users_per_second"],  # the vectors stage alone
+            "stage_seconds": m["seconds"]["users"], "job_seconds_with_spark_start": round(wall, 1),
+            "partitions": m["partitions"]}
+        print(f"[embed] local[{cores}]: {m['users_per_second']:,.0f} users/s "
+              f"({m['seconds']['users']}s for {n_users:,} users; {wall:.0f}s with Spark start)",
+              flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--clusters", type=int, default=2000)
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--requests", type=int, default=300, help="single-user requests per setting")
+    p.add_argument("--batch-users", type=int, default=2048)
+    p.add_argument("--recall-users", type=int, default=200)
+    p.add_argument("--gate-users", type=int, default=300)
+    p.add_argument("--embed-users", type=int, default=200_000)
+    p.add_argument("--embed-items", type=int, default=100_000)
+    p.add_argument("--skip-embedding-job", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("bench/results/index.json"))
+    a = p.parse_args(argv)
+    import faiss
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    t_all = time.perf_counter()
+    try:
+        t0 = time.perf_counter()
+        x, ids, users = generate(a.items, a.dim, a.clusters)
+        print(f"generated {a.items:,} x {a.dim} item vectors in {time.perf_counter() - t0:.1f}s",
+              flush=True)
+        info, shards, index = build("exact", x, ids, a, work)
+        exact = {**info, **measure("exact", index, shards, x, ids, users, a, tune_n=100)}
+        print("[extraction] f_user + exact search end to end ...", flush=True)
+        e2e_exact = bench_extraction(a.items, a.dim, index, max(20, a.requests // 5))
+        del index, shards
+        info, shards, index = build("ann", x, ids, a, work)
+        ann = {**info, **measure("ann", index, shards, x, ids, users, a, tune_n=100)}
+        ann_1000 = measure("ann tuned for N=1000", index, shards, x, ids, users, a,
+                           tune_n=1000, ns=(1000,))
+        print("[extraction] f_user + ANN (tuned for N=1000) end to end ...", flush=True)
+        e2e = bench_extraction(a.items, a.dim, index, a.requests)
+        del index, shards
+        embed = None if a.skip_embedding_job else bench_embedding_job(
+            work, a.embed_users, a.embed_items)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "benchmark": "index", "items": a.items, "dim": a.dim, "clusters": a.clusters,
+        "generator": {"clusters": a.clusters, "noise": NOISE, "norm_lognormal_sigma": 0.25},
+        "exact": exact, "ann": ann, "ann_tuned_for_n1000": ann_1000,
+        "serving": {"ann_tuned_for_n1000": e2e, "exact": e2e_exact, "paper": PAPER},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "embedding_job": embed,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                    "load_average_before": [round(v, 2) for v in load_before],
+                    "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+        "seconds": round(time.perf_counter() - t_all, 1),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(report)
+    print(f"wrote {a.out}")
+
+
+def print_summary(r: dict) -> None:
+    m = r["machine"]
+    print(f"\n{r['items']:,} items, d={r['dim']} ({m['cpus']} cores, load average "
+          f"{m['load_average_before'][0]} -> {m['load_average_after'][0]})")
+    cols = (("exact", r["exact"]), ("ann (gate N=100)", r["ann"]),
+            ("ann (tuned N=1000)", r["ann_tuned_for_n1000"]))
+    print(f"{'':22}" + "".join(f"{c:>26}" for c, _ in cols))
+
+    def row(name, fn):
+        cells = []
+        for _, d in cols:
+            try:
+                cells.append(str(fn(d)))
+            except KeyError:
+                cells.append("")
+        print(f"{name:22}" + "".join(f"{c:>26}" for c in cells))
+
+    row("factory", lambda d: d.get("factory", r["ann"]["factory"]))
+    row("search params", lambda d: d["search_params"] or "-")
+    row("build s", lambda d: d["build_seconds"])
+    row("index MiB", lambda d: round(d["index_bytes"] / 2**20))
+    row("recall@50", lambda d: d["recall"]["@50"])
+    row("recall@1000", lambda d: d["recall"]["@1000"])
+    row("batch users/s (K=3)", lambda d: d["batch_users_per_second"])
+    for k in (1, 3, 5):
+        for n in (50, 1000):
+            key = f"K={k},N={n}"
+            row(f"{key} p50/p99 ms", lambda d, key=key: f"{d['latency'][key]['p50_ms']:.2f}/"
+                f"{d['latency'][key]['p99_ms']:.2f}")
+    s = r["serving"]
+    for name, key in (("f_user", "user_extraction"), ("e2e K=5 N=1000", "end_to_end_K=5_N=1000")):
+        e, a = s["exact"][key], s["ann_tuned_for_n1000"][key]
+        print(f"{name + ' p50/p99 ms':22}{e['p50_ms']:>20.2f}/{e['p99_ms']:<5.1f}"
+              f"{'':26}{a['p50_ms']:>20.2f}/{a['p99_ms']:<5.1f}")
+    print(f"paper: {s['paper']}")
+    if r["embedding_job"]:
+        j = r["embedding_job"]
+        print(f"embedding job ({j['users']:,} users): local[1] "
+              f"{j['local[1]']['users_per_second']:,.0f} users/s, local[2] "
+              f"{j['local[2]']['users_per_second']:,.0f} users/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""FAISS helpers for the item index: choose, build, shard, load, search, measure recall.
+
+Pure functions over numpy arrays and FAISS objects (no Spark, no files except in
+`write_shards` / `read_shards`), shared by the index job, the retrieval library
+and the benchmark.
+
+- Metric: inner product (MIND scores items by v_uj . e_i). FAISS ids are item idx,
+  so every search returns item idx; ids 0 (padding) and 1 (unknown) are never added.
+- Index type by catalogue size (`choose_factory`): exact ("Flat") below
+  `exact_below` items, else "IVF{nlist}_HNSW32,Flat" (an inverted file whose coarse
+  quantiser is an HNSW graph); any FAISS factory string can be given instead.
+- Sharding: items are dealt round-robin into N shards; an IVF is trained once and
+  every shard is a copy of the trained, empty index (same centroids), so a sharded
+  search probes the same lists as an unsharded one and returns the same results.
+  `combine` searches shards together (`faiss.IndexShards`, results merged by score).
+- GPUs: `to_gpus` clones every shard across all GPUs (sharded) when faiss-gpu sees
+  any; on faiss-cpu (0 GPUs) or if cloning fails it returns the CPU index.
+- Multi-interest search (`multi_interest_search`): the K'_u ACTIVE vectors of every
+  user are flattened into one 2-D query matrix (never a 3-D array, never an inactive
+  vector), each queries its top k, and each user's candidates are merged: an item
+  keeps its best score and the interest that gave it, sorted by (score desc, id asc),
+  seen items removed, cut to n.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FIRST_IDX = 2  # ids 0 (padding) and 1 (unknown) are never indexed nor returned
+DEFAULT_EXACT_BELOW = 100_000  # exact search is fast enough below this many items
+HNSW_M = 32  # links per node of the HNSW coarse quantiser
+SHARD_FILE = "shard-{:03d}.faiss"
+
+
+class Hits(NamedTuple):
+    """One user's merged result, best first."""
+
+    ids: np.ndarray       # (n,) int64 item idx
+    scores: np.ndarray    # (n,) float32 inner product with the best interest
+    interest: np.ndarray  # (n,) int64 position of that interest among the user's vectors
+
+
+# ------------------------------------------------------------------------ choose / build
+
+
+def default_nlist(n_items: int) -> int:
+    """~4 sqrt(N) inverted lists, a power of two in [64, 262144] (FAISS guidelines)."""
+    target = 4 * math.sqrt(max(n_items, 1))
+    return int(min(max(2 ** round(math.log2(target)), 64), 1 << 18))
+
+
+def choose_factory(n_items: int, *, exact_below: int = DEFAULT_EXACT_BELOW) -> str:
+    """FAISS factory string for a catalogue of `n_items`: exact below the threshold."""
+    if n_items < exact_below:
+        return "Flat"
+    return f"IVF{default_nlist(n_items)}_HNSW{HNSW_M},Flat"
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    return faiss.try_extract_index_ivf(index)
+
+
+def _hnsw(index: faiss.Index):
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(inner.index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def is_exact(index: faiss.Index) -> bool:
+    """True for brute-force indexes (Flat, possibly wrapped in an id map)."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(inner.index)
+    return isinstance(inner, faiss.IndexFlat)
+
+
+def _new_index(dim: int, factory: str) -> faiss.Index:
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if _ivf(index) is None and not isinstance(faiss.downcast_index(index),
+                                              (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.IndexIDMap(index)  # Flat / HNSW store no ids of their own
+    return index
+
+
+def build_shards(vectors: np.ndarray, ids: np.ndarray, factory: str, n_shards: int = 1, *,
+                 train_size: int | None = None, seed: int = 0) -> list[faiss.Index]:
+    """Build `n_shards` inner-product indexes holding (vectors, ids), dealt round-robin.
+
+    vectors: (N, D) float32; ids: (N,) int64 item idx (>= 2, unique). Indexes that
+    need training (IVF, PQ) are trained once, on at most `train_size` vectors drawn
+    with `seed` (default 64 per inverted list, FAISS's useful range), and copied
+    empty into every shard.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise ValueError(f"vectors must be (N, D) with N ids; got {vectors.shape}, {ids.shape}")
+    if len(ids) and (ids.min() < FIRST_IDX or len(np.unique(ids)) != len(ids)):
+        raise ValueError("item ids must be unique and >= 2 (0 = padding, 1 = unknown)")
+    if n_shards < 1:
+        raise ValueError("n_shards must be >= 1")
+    dim = vectors.shape[1]
+    template = _new_index(dim, factory)
+    if not template.is_trained:
+        ivf = _ivf(template)
+        n_train = train_size or (64 * ivf.nlist if ivf is not None else 100_000)
+        n_train = min(n_train, len(vectors))
+        if ivf is not None and n_train < ivf.nlist:
+            raise ValueError(f"{factory}: {len(vectors)} items cannot train {ivf.nlist} lists; "
+                             f"use a smaller nlist or an exact index")
+        sample = np.random.default_rng(seed).choice(len(vectors), n_train, replace=False)
+        t0 = time.perf_counter()
+        log.info("training %s on %d of %d vectors", factory, n_train, len(vectors))
+        if ivf is not None:
+            ivf.cp.seed = seed  # k-means initialisation: the same data gives the same index
+        template.train(vectors[np.sort(sample)])
+        log.info("trained in %.1fs", time.perf_counter() - t0)
+    shards = []
+    for s in range(n_shards):
+        shard = faiss.clone_index(template)
+        shard.add_with_ids(vectors[s::n_shards], ids[s::n_shards])
+        shards.append(shard)
+        log.info("shard %d/%d: %d items", s + 1, n_shards, shard.ntotal)
+    return shards
+
+
+# ------------------------------------------------------------------------ files / combine
+
+
+def write_shards(shards: Sequence[faiss.Index], folder: Path | str) -> list[dict]:
+    """Write each shard to `folder/shard-NNN.faiss`; returns [{file, items, bytes}]."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for s, shard in enumerate(shards):
+        path = folder / SHARD_FILE.format(s)
+        faiss.write_index(shard, str(path))
+        out.append({"file": path.name, "items": int(shard.ntotal), "bytes": path.stat().st_size})
+    return out
+
+
+def read_shards(folder: Path | str, files: Iterable[str], *,
+                mmap: bool = False) -> list[faiss.Index]:
+    """Read shard files (memory-mapped if `mmap`, for indexes larger than RAM)."""
+    flags = faiss.IO_FLAG_MMAP if mmap else 0
+    shards = []
+    for name in files:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"index shard {path} not found")
+        shards.append(faiss.read_index(str(path), flags))
+    return shards
+
+
+def combine(shards: Sequence[faiss.Index]) -> faiss.Index:
+    """One searchable index over all shards (results merged); a single shard as is."""
+    if not shards:
+        raise ValueError("no shards")
+    if len(shards) == 1:
+        return shards[0]
+    index = faiss.IndexShards(shards[0].d, True, False)  # threaded, keep the shards' own ids
+    index.metric_type = shards[0].metric_type
+    for shard in shards:
+        index.add_shard(shard)  # the Python wrapper keeps a reference to each shard
+    return index
+
+
+def to_gpus(shards: Sequence[faiss.Index], ngpu: int | None = None) -> tuple[faiss.Index, bool]:
+    """Clone the shards across all GPUs (each shard sharded over them); (index, on_gpu).
+
+    Falls back to `combine(shards)` on CPU when faiss sees no GPU (faiss-cpu) or the
+    index type cannot be cloned, logging why.
+    """
+    available = faiss.get_num_gpus()
+    if available == 0:
+        log.info("no GPU visible to faiss: searching on CPU")
+        return combine(shards), False
+    ngpu = min(ngpu or available, available)
+    try:
+        co = faiss.GpuMultipleClonerOptions()
+        co.shard = True
+        gpu_shards = [faiss.index_cpu_to_all_gpus(s, co=co, ngpu=ngpu) for s in shards]
+    except Exception as e:  # an index type without a GPU version, out of GPU memory, ...
+        log.warning("cloning the index to %d GPU(s) failed (%s): searching on CPU", ngpu, e)
+        return combine(shards), False
+    log.info("index cloned across %d GPU(s), %d shard(s)", ngpu, len(shards))
+    return combine(gpu_shards), True
+
+
+# ----------------------------------------------------------------------- search parameters
+
+
+def tunable(shard: faiss.Index) -> tuple[str, list[int]] | None:
+    """The speed/recall knob of an index and the values to try, or None (exact)."""
+    ivf = _ivf(shard)
+    if ivf is not None:
+        ladder, p = [], 1
+        while p < ivf.nlist:
+            ladder.append(p)
+            p *= 2
+        return "nprobe", ladder + [ivf.nlist]
+    if _hnsw(shard) is not None:
+        return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
+    return None
+
+
+def search_params(shard: faiss.Index, value: int | None) -> dict[str, int]:
+    """The FAISS parameters for knob `value` (an HNSW coarse quantiser searches 2x wider)."""
+    knob = tunable(shard)
+    if knob is None or value is None:
+        return {}
+    params = {knob[0]: int(value)}
+    ivf = _ivf(shard)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        params["quantizer_efSearch"] = max(2 * int(value), 32)
+    return params
+
+
+def set_search_params(index: faiss.Index, params: dict[str, int], *, gpu: bool = False) -> None:
+    """Apply search parameters to an index, an IndexShards of them, or their GPU clones."""
+    if not params:
+        return
+    space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+# ------------------------------------------------------------------------------- search
+
+
+def _merge_user(D: np.ndarray, I: np.ndarray, n: int, exclude: np.ndarray | None) -> Hits:
+    """Merge one user's per-interest results D, I (K', k) into the top n."""
+    k_active, k = I.shape
+    ids, scores = I.ravel(), D.ravel()
+    interest = np.repeat(np.arange(k_active, dtype=np.int64), k)
+    keep = ids >= FIRST_IDX  # faiss pads missing results with -1
+    if exclude is not None and len(exclude):
+        keep &= ~np.isin(ids, exclude)
+    ids, scores, interest = ids[keep], scores[keep], interest[keep]
+    order = np.lexsort((interest, ids, -scores))  # score desc, id asc, then first interest
+    ids, scores, interest = ids[order], scores[order], interest[order]
+    _, first = np.unique(ids, return_index=True)  # an item keeps its best-scored entry
+    first = np.sort(first)[:n]
+    return Hits(ids[first].astype(np.int64), scores[first].astype(np.float32), interest[first])
+
+
+def _flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Users' (K'_u, D) arrays -> one (sum K'_u, D) float32 query matrix + offsets (B+1,)."""
+    sizes = [np.asarray(v).reshape(-1, np.asarray(v).shape[-1]).shape[0] for v in vectors]
+    if any(s == 0 for s in sizes):
+        raise ValueError("every user needs at least one active interest vector")
+    queries = np.ascontiguousarray(np.concatenate(
+        [np.asarray(v, dtype=np.float32).reshape(s, -1) for v, s in zip(vectors, sizes)]))
+    return queries, np.concatenate([[0], np.cumsum(sizes)])
+
+
+def _excludes(exclude: Sequence[Iterable[int]] | None, n_users: int) -> list[np.ndarray | None]:
+    if exclude is None:
+        return [None] * n_users
+    if len(exclude) != n_users:
+        raise ValueError("one exclude list per user")
+    return [None if e is None else np.asarray(list(e), dtype=np.int64) for e in exclude]
+
+
+def _merge_all(D, I, offsets, n, excl) -> list[Hits]:
+    return [_merge_user(D[a:b], I[a:b], n, e)
+            for a, b, e in zip(offsets[:-1], offsets[1:], excl)]
+
+
+def multi_interest_search(index: faiss.Index, vectors: Sequence[np.ndarray], n: int,
+                          exclude: Sequence[Iterable[int]] | None = None) -> list[Hits]:
+    """Top n items for each user from their active interest vectors (see module doc).
+
+    vectors: one (K'_u, D) array per user (active interests only); exclude: per user,
+    item idx never to return (e.g. seen items). Every interest asks for
+    n + |exclude_u| items so that removing seen ones still leaves n.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if not len(vectors):
+        return []
+    queries, offsets = _flatten(vectors)
+    excl = _excludes(exclude, len(vectors))
+    k = n + max((len(e) for e in excl if e is not None), default=0)
+    k = max(1, min(k, index.ntotal))
+    D, I = index.search(queries, k)  # (Q, k)
+    return _merge_all(D, I, offsets, n, excl)
+
+
+def exact_multi_interest(item_vectors: np.ndarray, item_ids: np.ndarray,
+                         vectors: Sequence[np.ndarray], n: int,
+                         exclude: Sequence[Iterable[int]] | None = None) -> list[Hits]:
+    """The same as `multi_interest_search` by brute force over (item_vectors, item_ids)."""
+    if not len(vectors):
+        return []
+    queries, offsets = _flatten(vectors)
+    excl = _excludes(exclude, len(vectors))
+    k = n + max((len(e) for e in excl if e is not None), default=0)
+    k = max(1, min(k, len(item_ids)))
+    D, pos = faiss.knn(queries, np.ascontiguousarray(item_vectors, dtype=np.float32), k,
+                       metric=faiss.METRIC_INNER_PRODUCT)
+    I = np.where(pos >= 0, np.asarray(item_ids, dtype=np.int64)[np.maximum(pos, 0)], -1)
+    return _merge_all(D, I, offsets, n, excl)
+
+
+def recall(ann: Sequence[Hits], exact: Sequence[Hits]) -> float:
+    """Mean over users of |ANN top n ∩ exact top n| / |exact top n|."""
+    per_user = [len(np.intersect1d(a.ids, e.ids)) / len(e.ids)
+                for a, e in zip(ann, exact) if len(e.ids)]
+    return float(np.mean(per_user)) if per_user else 1.0
+
+
+def tune(index: faiss.Index, shard: faiss.Index, queries: Sequence[np.ndarray],
+         exact: Sequence[Hits], n: int, threshold: float, *, value: int | None = None,
+         max_value: int | None = None, gpu: bool = False) -> tuple[dict[str, int], float, list]:
+    """Smallest knob value (nprobe / efSearch) whose recall@n reaches `threshold`.
+
+    With `value` given, only that value is measured. Returns (params, recall at the
+    chosen value, [(value, recall), ...] tried). An exact index needs no tuning;
+    its recall is still measured (it checks the shards against brute force).
+    """
+    knob = tunable(shard)
+    if knob is None:
+        return {}, recall(multi_interest_search(index, queries, n), exact), []
+    ladder = [value] if value is not None else [
+        v for v in knob[1] if max_value is None or v <= max_value] or [knob[1][0]]
+    tried: list[tuple[int, float]] = []
+    params: dict[str, int] = {}
+    r = 0.0
+    for v in ladder:
+        params = search_params(shard, v)
+        set_search_params(index, params, gpu=gpu)
+        r = recall(multi_interest_search(index, queries, n), exact)
+        tried.append((int(v), r))
+        log.info("%s=%d: recall@%d = %.4f", knob[0], v, n, r)
+        if r >= threshold:
+            break
+    return params, r, tried

@@ -1,0 +1,143 @@
+"""FAISS helpers: index choice, shards, multi-interest merge, recall tuning, vs brute force."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from jobs import index as ix
+from mind_model.metrics import topn_multi_interest
+
+D = 16
+
+
+def clustered(n: int, seed: int = 0, clusters: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Item vectors around `clusters` centres; ids 2..n+1 (0 and 1 are reserved)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, D)) * 2
+    x = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, D)) * 0.5
+    return x.astype(np.float32), np.arange(2, n + 2, dtype=np.int64)
+
+
+def users(n: int, seed: int = 1, k_max: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((k, D)).astype(np.float32) for k in rng.integers(1, k_max + 1, n)]
+
+
+def same_ids(a: list[ix.Hits], b: list[ix.Hits]) -> bool:
+    return all(np.array_equal(x.ids, y.ids) for x, y in zip(a, b))
+
+
+def test_choose_factory_by_catalogue_size():
+    assert ix.choose_factory(99_999) == "Flat"
+    assert ix.choose_factory(1_000_000) == "IVF4096_HNSW32,Flat"
+    assert ix.choose_factory(5000, exact_below=1000).startswith("IVF256_HNSW32")
+    assert ix.default_nlist(10) == 64 and ix.default_nlist(10**12) == 1 << 18
+
+
+def test_exact_index_equals_torch_brute_force():
+    x, ids = clustered(3000)
+    qs = users(50)
+    index = ix.combine(ix.build_shards(x, ids, "Flat", 1))
+    got = ix.multi_interest_search(index, qs, 25)
+    # metrics.topn_multi_interest over an embedding table whose row = item id
+    table = torch.zeros(ids.max() + 1, D)
+    table[ids] = torch.from_numpy(x)
+    V = torch.zeros(len(qs), 4, D)
+    mask = torch.zeros(len(qs), 4, dtype=torch.bool)
+    for u, q in enumerate(qs):
+        V[u, :len(q)] = torch.from_numpy(q)
+        mask[u, :len(q)] = True
+    scores, ref = topn_multi_interest(V, mask, table, 25)
+    for h, s, r in zip(got, scores.numpy(), ref.numpy()):
+        np.testing.assert_array_equal(h.ids, r)
+        np.testing.assert_allclose(h.scores, s, rtol=1e-5, atol=1e-5)
+    assert same_ids(got, ix.exact_multi_interest(x, ids, qs, 25))
+
+
+@pytest.mark.parametrize("factory,params", [("Flat", {}), ("IVF32,Flat", {"nprobe": 4}),
+                                            ("IVF32_HNSW32,Flat", {"nprobe": 4})])
+def test_sharded_search_equals_unsharded(factory, params, tmp_path):
+    x, ids = clustered(4000)
+    qs = users(40)
+    seen = [np.random.default_rng(u).choice(ids, 30) for u in range(len(qs))]
+    one = ix.combine(ix.build_shards(x, ids, factory, 1))
+    shards = ix.build_shards(x, ids, factory, 4)
+    files = ix.write_shards(shards, tmp_path)
+    assert [f["file"] for f in files] == [f"shard-00{i}.faiss" for i in range(4)]
+    assert sum(f["items"] for f in files) == len(ids)
+    many = ix.combine(ix.read_shards(tmp_path, [f["file"] for f in files]))
+    assert isinstance(many, faiss.IndexShards) and many.ntotal == len(ids)
+    ix.set_search_params(one, params)
+    ix.set_search_params(many, params)
+    for n in (10, 100):
+        assert same_ids(ix.multi_interest_search(one, qs, n, seen),
+                        ix.multi_interest_search(many, qs, n, seen))
+
+
+def test_merge_keeps_best_score_and_its_interest():
+    # 4 items on the axes; interest 0 likes item 2, interest 1 likes items 3 and 2 (less)
+    x = np.zeros((4, D), np.float32)
+    for j in range(4):
+        x[j, j] = 1.0
+    ids = np.array([2, 3, 4, 5])
+    index = ix.combine(ix.build_shards(x, ids, "Flat", 2))
+    q = np.zeros((2, D), np.float32)
+    q[0, :4] = [2.0, 0.0, 0.2, 0.1]  # scores of items 2, 3, 4, 5 for interest 0
+    q[1, :4] = [1.0, 3.0, 0.0, 0.0]  # ... and for interest 1
+    (h,) = ix.multi_interest_search(index, [q], 3)
+    assert h.ids.tolist() == [3, 2, 4] and h.interest.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(h.scores, [3.0, 2.0, 0.2], rtol=1e-6)
+    (h,) = ix.multi_interest_search(index, [q], 10, exclude=[[3]])
+    assert h.ids.tolist() == [2, 4, 5]  # excluded item gone; fewer than n items exist
+
+
+def test_users_without_vectors_are_rejected():
+    x, ids = clustered(100)
+    index = ix.combine(ix.build_shards(x, ids, "Flat", 1))
+    with pytest.raises(ValueError, match="at least one active interest"):
+        ix.multi_interest_search(index, [np.zeros((0, D), np.float32)], 5)
+
+
+def test_build_rejects_reserved_ids():
+    x, ids = clustered(10)
+    with pytest.raises(ValueError, match=">= 2"):
+        ix.build_shards(x, ids - 2, "Flat", 1)
+
+
+def test_tune_finds_the_smallest_nprobe_reaching_the_threshold():
+    x, ids = clustered(5000)
+    qs = users(60)
+    exact = ix.exact_multi_interest(x, ids, qs, 50)
+    shards = ix.build_shards(x, ids, "IVF64,Flat", 2)
+    index = ix.combine(shards)
+    params, recall, tried = ix.tune(index, shards[0], qs, exact, 50, 0.95)
+    assert recall >= 0.95 and params["nprobe"] == tried[-1][0]
+    assert all(r < 0.95 for _, r in tried[:-1]) and len(tried) > 1
+    params, bad, _ = ix.tune(index, shards[0], qs, exact, 50, 0.99, value=1)
+    assert params == {"nprobe": 1} and bad < 0.95
+    flat = ix.build_shards(x, ids, "Flat", 1)
+    assert ix.tune(ix.combine(flat), flat[0], qs, exact, 50, 0.99) == ({}, 1.0, [])
+
+
+def test_gpu_cloning_falls_back_to_cpu_without_gpus():
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("GPUs present")
+    x, ids = clustered(500)
+    shards = ix.build_shards(x, ids, "Flat", 2)
+    index, on_gpu = ix.to_gpus(shards)
+    assert not on_gpu and index.ntotal == 500
+
+
+@pytest.mark.gpu
+def test_gpu_search_equals_cpu():
+    if faiss.get_num_gpus() == 0:
+        pytest.skip("faiss sees no GPU (faiss-cpu installed?)")
+    x, ids = clustered(20_000)
+    qs = users(30)
+    shards = ix.build_shards(x, ids, "Flat", 2)
+    gpu, on_gpu = ix.to_gpus(shards)
+    assert on_gpu
+    assert same_ids(ix.multi_interest_search(gpu, qs, 50),
+                    ix.multi_interest_search(ix.combine(shards), qs, 50))

@@ -1,0 +1,320 @@
+"""Serving end to end on generated data: Spark user embeddings, sharded FAISS index, quality
+gate, publish, retrieval — each checked against single-process inference or brute force."""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs import embed_users
+from jobs.build_index import IndexConfig, QualityGateError
+from jobs.build_index import run as build_index
+from jobs.build_sequences import PrepConfig
+from jobs.build_sequences import run as build_sequences
+from jobs.cluster import StandaloneCluster, spark_submit
+from jobs.embed_users import EmbedConfig
+from jobs.embed_users import run as embed
+from jobs.layout import DataLayout
+from jobs.publish import PublishError, publish, read_current, rollback
+from jobs.sample_data import generate
+from jobs.validation import InputError
+from jobs.vectors import read_item_embeddings, read_user_vectors
+from mind_model import retrieval
+from mind_model.checkpoint import save_checkpoint
+from mind_model.data import PROFILE_COLUMNS, load_meta
+from mind_model.metrics import topn_multi_interest
+from mind_model.model import MIND
+from mind_model.retrieval import Retriever, UnknownUserError
+from schemas import LATEST_SEQUENCES, PROFILE_FIELDS, VOCAB
+
+pytestmark = pytest.mark.spark
+
+DS = "2026-11-28"
+K = 3
+
+
+def read_latest(seq_dir: Path) -> dict[str, np.ndarray]:
+    t = pq.read_table(seq_dir / "latest", schema=LATEST_SEQUENCES.arrow_schema())
+    t = t.sort_by("user_idx")
+    out = {c: t.column(c).to_numpy() for c in ("user_idx", "hist_len", *PROFILE_COLUMNS)}
+    out["user_id"] = np.array(t.column("user_id").to_pylist(), dtype=object)
+    out["hist"] = np.stack([np.asarray(h) for h in t.column("hist").to_pylist()]).astype(np.int64)
+    return out
+
+
+def reference_vectors(model: MIND, latest: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-process f_user on all latest rows: (V (U,K,D), mask (U,K))."""
+    profile = {c: torch.from_numpy(latest[c].astype(np.int64)) for c in PROFILE_COLUMNS}
+    with torch.no_grad():
+        return model.user_interests(torch.from_numpy(latest["hist"]),
+                                    torch.from_numpy(latest["hist_len"].astype(np.int64)), profile)
+
+
+def copy_inputs(src: Path, dst: Path) -> None:
+    """Sequences and model of DS into a fresh data root."""
+    for part in ("sequences", "models"):
+        shutil.copytree(src / part, dst / part)
+
+
+@pytest.fixture(scope="module")
+def served(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving") / "data"
+    generate(root / "raw", end_ds=DS, days=2, n_events=6_000, seed=11)
+    build_sequences(PrepConfig(data_root=root, ds=DS, lookback_days=2, min_user_count=2,
+                               min_row_groups=2), spark)
+    layout = DataLayout(root)
+    meta = load_meta(layout.sequences(DS))
+    torch.manual_seed(0)
+    model = MIND(meta.model_config(embed_dim=16, n_interests=K, tower_hidden=(32,),
+                                   profile_dim=4))
+    model.set_item_side(torch.from_numpy(meta.item_category), torch.from_numpy(meta.item_brand))
+    model.eval()
+    save_checkpoint(layout.model_file(DS), model=model, model_config=model.cfg)
+    emb = embed(EmbedConfig(data_root=root, ds=DS, batch_size=16, partitions=3), spark)
+    idx = build_index(IndexConfig(data_root=root, ds=DS, n_shards=3, recall_users=60))
+    publish(root, DS)
+    latest = read_latest(layout.sequences(DS))
+    V, mask = reference_vectors(model, latest)
+    return SimpleNamespace(root=root, layout=layout, meta=meta, model=model, emb=emb, idx=idx,
+                           latest=latest, V=V, mask=mask)
+
+
+def user_rows(s, users) -> list[int]:
+    pos = {u: i for i, u in enumerate(s.latest["user_id"])}
+    return [pos[u] for u in users]
+
+
+# ------------------------------------------------------------------------- embedding job
+
+
+def test_user_vectors_equal_single_process_inference(served):
+    s = served
+    uv = read_user_vectors(s.layout.user_vectors(DS))
+    assert sorted(uv.user_ids) == sorted(s.latest["user_id"]) and len(uv) == s.emb["users"]
+    assert uv.model_versions == {s.emb["model_version"]}
+    rows = user_rows(s, uv.user_ids)
+    k_ref = s.mask.sum(1).numpy()[rows]
+    assert [len(v) for v in uv.vectors] == k_ref.tolist()
+    assert set(k_ref) == {1, 2, 3}  # users with fewer than K active interests exist
+    for vec, r in zip(uv.vectors, rows):
+        np.testing.assert_allclose(vec, s.V[r][s.mask[r]].numpy(), rtol=1e-5, atol=1e-6)
+    t = pq.read_table(s.layout.user_vectors(DS))
+    assert set(t.column("ds").to_pylist()) == {DS}
+    assert t.column("n_interests").to_pylist() == [len(v) for v in t.column("vectors").to_pylist()]
+    assert s.emb["users_by_n_interests"] == {str(k): int((k_ref == k).sum()) for k in (1, 2, 3)}
+
+
+def test_embedding_is_deterministic_across_runs(served, spark, tmp_path):
+    root2 = tmp_path / "data"
+    copy_inputs(served.root, root2)
+    embed(EmbedConfig(data_root=root2, ds=DS, batch_size=16, partitions=3), spark)
+    a = pq.read_table(served.layout.user_vectors(DS)).sort_by("user_idx")
+    b = pq.read_table(DataLayout(root2).user_vectors(DS)).sort_by("user_idx")
+    assert a.equals(b)  # bit-identical vectors
+
+
+def test_item_embeddings_are_the_active_catalogue(served):
+    s = served
+    items = read_item_embeddings(s.layout.item_embeddings(DS))
+    np.testing.assert_array_equal(items.item_idx, s.meta.active_items)
+    with torch.no_grad():
+        ref = s.model.all_item_embeddings()[items.item_idx].numpy()
+    np.testing.assert_allclose(items.vectors, ref, rtol=1e-6, atol=1e-7)
+
+
+def _probe(batches, model_path):
+    for pdf in batches:
+        model = embed_users.cached_model(model_path)
+        pid, loads = embed_users.model_loads()
+        yield pd.DataFrame({"pid": [pid] * len(pdf), "loads": [loads] * len(pdf),
+                            "model": [id(model)] * len(pdf)})
+
+
+def test_model_is_loaded_once_per_python_worker(served, spark):
+    path = str(served.layout.model_file(DS).resolve())
+    rows = (spark.range(0, 16, numPartitions=8)
+            .mapInPandas(functools.partial(_probe, model_path=path),
+                         "pid long, loads long, model long").collect())
+    by_pid: dict[int, set] = {}
+    for r in rows:
+        by_pid.setdefault(r["pid"], set()).add((r["loads"], r["model"]))
+    # 8 tasks on 2 cores: workers are reused, and a reused worker never reloads the model
+    assert len(by_pid) < 8
+    assert all(len(v) == 1 for v in by_pid.values()), by_pid
+
+
+def test_missing_model_is_a_clear_error(served, spark, tmp_path):
+    with pytest.raises(InputError, match="model .* not found"):
+        embed(EmbedConfig(data_root=tmp_path, ds=DS), spark)
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def test_index_manifest(served):
+    m = served.idx
+    assert m["exact"] and m["factory"] == "Flat" and m["n_shards"] == 3
+    assert sum(s["items"] for s in m["shards"]) == m["items"] == len(served.meta.active_items)
+    assert m["recall"]["value"] == 1.0 and m["model_version"] == served.emb["model_version"]
+    assert len(list(served.layout.index(DS).glob("shard-*.faiss"))) == 3
+
+
+def test_quality_gate_fails_below_threshold_and_publishes_nothing(served):
+    folder = served.layout.index(DS)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cfg = IndexConfig(data_root=served.root, ds=DS, factory="IVF16,Flat", nprobe=1,
+                      recall_threshold=0.99, recall_users=60)
+    with pytest.raises(QualityGateError) as err:
+        build_index(cfg)
+    assert err.value.recall < 0.99 and f"{err.value.recall:.4f}" in str(err.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # old index untouched
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staged leftovers
+
+
+def test_ivf_with_tuned_nprobe_passes_the_gate(served, tmp_path):
+    root2 = tmp_path / "data"
+    shutil.copytree(served.root / "embeddings", root2 / "embeddings")
+    m = build_index(IndexConfig(data_root=root2, ds=DS, factory="IVF16,Flat", n_shards=2,
+                                recall_threshold=0.95, recall_users=60))
+    assert not m["exact"] and m["recall"]["value"] >= 0.95
+    nprobe = m["search_params"]["nprobe"]
+    assert [v for v, _ in m["recall"]["tried"]][-1] == nprobe  # the smallest passing value
+    assert all(r < 0.95 for _, r in m["recall"]["tried"][:-1])
+
+
+# ------------------------------------------------------------------------- retrieval
+
+
+@pytest.fixture(scope="module")
+def retriever(served):
+    return Retriever(served.root, gpu=False)
+
+
+def brute_force(s, rows: list[int], n: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        items = s.model.all_item_embeddings()
+    exclude = torch.from_numpy(s.latest["hist"][rows]) if exclude_seen else None
+    scores, ids = topn_multi_interest(s.V[rows], s.mask[rows], items, n, exclude=exclude)
+    return scores.numpy(), ids.numpy()
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_exact_retrieval_equals_brute_force(served, retriever, exclude_seen):
+    s = served
+    # the first run of prep: every vocabulary item is active, so brute force over all
+    # items = brute force over the indexed catalogue
+    np.testing.assert_array_equal(s.meta.active_items, np.arange(2, s.meta.n_items))
+    users = list(s.latest["user_id"][::3])
+    rows = user_rows(s, users)
+    ref_scores, ref_ids = brute_force(s, rows, 20, exclude_seen)
+    for u, rs, ri in zip(users, ref_scores, ref_ids):
+        rec = retriever.recommend_user(u, n=20, exclude_seen=exclude_seen)
+        np.testing.assert_array_equal(rec.item_idx, ri)
+        np.testing.assert_allclose(rec.score, rs, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_search_equals_single_user_calls(served, retriever):
+    users = list(served.latest["user_id"][:10])
+    batch = retriever.search([retriever.user_vectors(u) for u in users], n=15,
+                             exclude=[retriever.seen_items(u) for u in users])
+    for u, rec in zip(users, batch):
+        np.testing.assert_array_equal(rec.item_idx, retriever.recommend_user(u, 15).item_idx)
+
+
+def test_seen_items_excluded_and_interest_attribution(served, retriever):
+    s = served
+    with torch.no_grad():
+        items = s.model.all_item_embeddings().numpy()
+    n_multi = 0
+    for u in s.latest["user_id"][:40]:
+        r = user_rows(s, [u])[0]
+        seen = set(s.latest["hist"][r][: s.latest["hist_len"][r]].tolist())
+        assert not seen & set(retriever.recommend_user(u, 30).item_idx.tolist())
+        rec = retriever.recommend_user(u, 30, exclude_seen=False)
+        V = retriever.user_vectors(u)  # (K', D)
+        scores = items[rec.item_idx] @ V.T  # (30, K')
+        np.testing.assert_array_equal(rec.interest, scores.argmax(1))
+        np.testing.assert_allclose(rec.score, scores.max(1), rtol=1e-5, atol=1e-5)
+        n_multi += len(set(rec.interest.tolist())) > 1
+    assert n_multi > 0  # several interests do contribute items
+
+
+def test_on_the_fly_vectors_from_raw_items_and_profile(served, retriever):
+    s = served
+    seq = s.layout.sequences(DS)
+
+    def inverse(name):
+        t = pq.read_table(seq / "vocab" / name, schema=VOCAB.arrow_schema())
+        return dict(zip(t.column("idx").to_pylist(), t.column("value").to_pylist()))
+
+    items_inv = inverse("item")
+    for r in (0, 5, 9):
+        u = s.latest["user_id"][r]
+        raw = [items_inv[i] for i in s.latest["hist"][r][: s.latest["hist_len"][r]]]
+        profile = {f: inverse(f).get(int(s.latest[f"{f}_idx"][r])) for f in PROFILE_FIELDS}
+        vectors, idx = retriever.vectors_for_items(raw, profile)
+        np.testing.assert_allclose(vectors, retriever.user_vectors(u), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(retriever.recommend_items(raw, profile, n=10).item_idx,
+                                      retriever.recommend_user(u, n=10).item_idx)
+    assert retriever.item_idx(["no-such-item", raw[0]]).tolist() == [1, idx[0]]
+    rec = retriever.recommend_items(["no-such-item", *raw], n=5)  # unknown ids are tolerated
+    assert len(rec.item_idx) == 5 and 1 not in rec.item_idx
+
+
+def test_unknown_user(retriever):
+    with pytest.raises(UnknownUserError, match="has no vectors"):
+        retriever.recommend_user("nobody")
+
+
+def test_cli(served, capsys):
+    u = served.latest["user_id"][2]
+    assert retrieval.main(["--root", str(served.root), "--user-id", u, "-n", "5", "--json",
+                           "--cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ds"] == DS and [r["rank"] for r in out["items"]] == [1, 2, 3, 4, 5]
+    assert retrieval.main(["--root", str(served.root), "--user-id", "nobody", "--cpu"]) == 2
+    assert "has no vectors" in capsys.readouterr().err
+    raw = out["items"][0]["item_id"]
+    assert retrieval.main(["--root", str(served.root), "--items", f"{raw},zzz", "-n", "3",
+                           "--profile", "gender=F", "--cpu"]) == 0
+    assert "interest" in capsys.readouterr().out
+
+
+def test_current_pointer(served):
+    p = read_current(served.root)
+    assert p.ds == DS and p.model_version == served.emb["model_version"]
+    assert p.path("index") == served.layout.index(DS) and p.previous is None
+    with pytest.raises(PublishError, match="no previous version"):
+        rollback(served.root)
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@pytest.mark.cluster
+def test_embedding_on_standalone_cluster_matches_local(served, tmp_path):
+    root2 = tmp_path / "data"
+    copy_inputs(served.root, root2)
+    args = ["--data-root", str(root2), "--ds", DS, "--batch-size", "50", "--partitions", "2"]
+    with StandaloneCluster(workers=1, cores=2, memory="1g") as cluster:
+        proc = spark_submit(cluster.master_url, embed_users.__file__, args,
+                            conf={"spark.executor.memory": "1g",
+                                  "spark.sql.shuffle.partitions": "4"})
+        assert cluster.completed_apps() == ["mind-embed-users"]  # not a local master inside
+    assert "interest vectors" in proc.stdout
+    m = json.loads((DataLayout(root2).embeddings(DS) / "manifest.json").read_text())
+    assert m["master"].startswith("spark://") and m["users"] == served.emb["users"]
+    a = read_user_vectors(served.layout.user_vectors(DS))
+    b = read_user_vectors(DataLayout(root2).user_vectors(DS))
+    assert b.model_versions == a.model_versions
+    vb = dict(zip(b.user_ids, b.vectors))
+    for u, v in zip(a.user_ids, a.vectors):
+        np.testing.assert_allclose(vb[u], v, rtol=1e-5, atol=1e-6)
