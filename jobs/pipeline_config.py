@@ -1,0 +1,153 @@
+"""The orchestration settings of the pipeline, in one place (read by the DAGs and the launcher).
+
+Every setting comes from an environment variable (set it in the Airflow deployment,
+`infra/docker-compose.yml`, or before `make local-pipeline`); the default is used
+when the variable is unset. No Airflow import, no I/O beyond `os.environ`: the DAG
+files call `load_config()` at parse time, which must stay cheap.
+
+| setting            | environment variable       | default      | meaning |
+|--------------------|----------------------------|--------------|---------|
+| data_root          | MIND_DATA_ROOT             | ./data       | root of every artefact (jobs.layout) |
+| spark_conn_id      | MIND_SPARK_CONN_ID         | spark_mind   | Airflow connection holding the Spark master (`AIRFLOW_CONN_SPARK_MIND`) |
+| spark_conf         | MIND_SPARK_CONF            | (none)       | extra Spark conf, `key=value,key=value` |
+| driver_memory      | MIND_SPARK_DRIVER_MEMORY   | 2g           | spark-submit --driver-memory |
+| lookback_days      | MIND_LOOKBACK_DAYS         | 30           | days of raw logs behind each ds |
+| min_item_count     | MIND_MIN_ITEM_COUNT        | 5            | rare-item filter |
+| min_user_count     | MIND_MIN_USER_COUNT        | 5            | rare-user filter |
+| min_row_groups     | MIND_MIN_ROW_GROUPS        | 16           | >= the largest training process count |
+| train_nproc        | MIND_TRAIN_NPROC           | 2            | torchrun --nproc_per_node |
+| train_epochs       | MIND_TRAIN_EPOCHS          | 10           | epochs per daily retrain |
+| train_args         | MIND_TRAIN_ARGS            | (none)       | extra `mind_model.train` flags, e.g. `--batch-size 512 --n-neg 256` |
+| gate_metric        | MIND_GATE_METRIC           | hr@50        | test metric compared by the publish gate |
+| gate_margin        | MIND_GATE_MARGIN           | 0.01         | largest allowed drop (absolute) vs the published model |
+| index_shards       | MIND_INDEX_SHARDS          | 2            | FAISS shards |
+| index_args         | MIND_INDEX_ARGS            | (none)       | extra `jobs.build_index` flags, e.g. `--recall-threshold 0.9` |
+| retries            | MIND_RETRIES               | 2            | retries of every task |
+| retry_delay_s      | MIND_RETRY_DELAY_S         | 120          | seconds between retries |
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPARK_CONN_ID = "spark_mind"
+# What the launcher and the tests put in AIRFLOW_CONN_SPARK_MIND when it is unset.
+LOCAL_SPARK_CONNECTION = '{"conn_type": "spark", "host": "local[*]"}'
+
+
+def _parse_conf(text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"MIND_SPARK_CONF: expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data_root: Path = Path("data")
+    spark_conn_id: str = DEFAULT_SPARK_CONN_ID
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    driver_memory: str = "2g"
+    lookback_days: int = 30
+    min_item_count: int = 5
+    min_user_count: int = 5
+    min_row_groups: int = 16
+    train_nproc: int = 2
+    train_epochs: int = 10
+    train_args: tuple[str, ...] = ()
+    gate_metric: str = "hr@50"
+    gate_margin: float = 0.01
+    index_shards: int = 2
+    index_args: tuple[str, ...] = ()
+    retries: int = 2
+    retry_delay_s: int = 120
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_root", Path(self.data_root).absolute())
+        if self.train_nproc < 1 or self.lookback_days < 1 or self.index_shards < 1:
+            raise ValueError("train_nproc, lookback_days and index_shards must be >= 1")
+        if self.gate_margin < 0:
+            raise ValueError("gate_margin must be >= 0")
+
+    # ------------------------------------------------------------ command lines
+
+    def prep_args(self, ds: str) -> list[str]:
+        """Arguments of jobs/build_sequences.py for one ds."""
+        return ["--data-root", str(self.data_root), "--ds", ds,
+                "--lookback-days", str(self.lookback_days),
+                "--min-item-count", str(self.min_item_count),
+                "--min-user-count", str(self.min_user_count),
+                "--min-row-groups", str(max(self.min_row_groups, self.train_nproc)),
+                *self.conf_args()]
+
+    def embed_args(self, ds: str) -> list[str]:
+        return ["--data-root", str(self.data_root), "--ds", ds, *self.conf_args()]
+
+    def conf_args(self) -> list[str]:
+        """spark_conf as the jobs' own `--conf` flags: they override the jobs' defaults
+        (jobs.spark.DEFAULT_CONF), which a spark-submit `--conf` would not."""
+        return [a for k, v in sorted(self.spark_conf.items()) for a in ("--conf", f"{k}={v}")]
+
+    def index_command(self, ds: str) -> str:
+        return shlex.join([sys.executable, "-m", "jobs.build_index",
+                           "--data-root", str(self.data_root), "--ds", ds,
+                           "--shards", str(self.index_shards), *self.index_args])
+
+    def spark_env(self) -> dict[str, str]:
+        """Environment of spark-submit: the project's interpreter on the driver and executors,
+        its bin/ (spark-submit) first on PATH, loopback unless configured."""
+        bin_dir = str(Path(sys.executable).parent)
+        env = {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+            "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                        os.environ.get("PYTHONPATH")])),
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            "PYTHONHASHSEED": "0",
+        }
+        if os.environ.get("JAVA_HOME"):
+            env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+        return env
+
+    def spark_job(self, name: str) -> str:
+        """Path of a Spark job's script (submitted as the application)."""
+        return str(PROJECT_ROOT / "jobs" / f"{name}.py")
+
+
+def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """The configuration from the environment (see the module docstring)."""
+    e = os.environ if env is None else env
+
+    def get(name: str, conv, default):
+        v = e.get(name)
+        return default if v is None or v == "" else conv(v)
+
+    d = PipelineConfig()
+    return PipelineConfig(
+        data_root=get("MIND_DATA_ROOT", Path, PROJECT_ROOT / "data"),
+        spark_conn_id=get("MIND_SPARK_CONN_ID", str, d.spark_conn_id),
+        spark_conf=get("MIND_SPARK_CONF", _parse_conf, {}),
+        driver_memory=get("MIND_SPARK_DRIVER_MEMORY", str, d.driver_memory),
+        lookback_days=get("MIND_LOOKBACK_DAYS", int, d.lookback_days),
+        min_item_count=get("MIND_MIN_ITEM_COUNT", int, d.min_item_count),
+        min_user_count=get("MIND_MIN_USER_COUNT", int, d.min_user_count),
+        min_row_groups=get("MIND_MIN_ROW_GROUPS", int, d.min_row_groups),
+        train_nproc=get("MIND_TRAIN_NPROC", int, d.train_nproc),
+        train_epochs=get("MIND_TRAIN_EPOCHS", int, d.train_epochs),
+        train_args=get("MIND_TRAIN_ARGS", lambda s: tuple(shlex.split(s)), ()),
+        gate_metric=get("MIND_GATE_METRIC", str, d.gate_metric),
+        gate_margin=get("MIND_GATE_MARGIN", float, d.gate_margin),
+        index_shards=get("MIND_INDEX_SHARDS", int, d.index_shards),
+        index_args=get("MIND_INDEX_ARGS", lambda s: tuple(shlex.split(s)), ()),
+        retries=get("MIND_RETRIES", int, d.retries),
+        retry_delay_s=get("MIND_RETRY_DELAY_S", int, d.retry_delay_s),
+    )

@@ -1,0 +1,220 @@
+"""The bodies of the orchestration steps that are not a job of their own.
+
+The DAGs (`dags/`) only wire tasks; what a task decides lives here, callable and
+testable without Airflow:
+
+- `resolve_ds`: the partition date of a run (an explicit param, else the logical date).
+- `baseline_version`: the published version a new ds is compared with and warm-started
+  from — the served one if it is older than ds, else the one it replaced.
+- `train_command`: the torchrun command line of one ds. Training writes into
+  `<root>/training/ds=D/run-<fingerprint>/`, the fingerprint hashing the data's
+  statistics, the training flags and the warm-start model: a retry or a rerun with the
+  same inputs resumes (a finished run is not trained again, so a rerun gives the same
+  model file), changed inputs train afresh.
+- `evaluate_and_stage`: the publish gate. HR@N of the new model and of the baseline
+  model on the SAME held-out users of ds (ids the older model does not know become
+  "unknown"); writes `models/ds=D/` (model.pt, train_metrics.json, evaluation.json)
+  in one rename. The decision and its reason are in evaluation.json.
+- `publish_decision`: whether publishing ds may move the served pointer (never back
+  to an older ds).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobs.layout import DataLayout, check_ds
+from jobs.pipeline_config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "evaluation.json"
+TRAIN_METRICS_FILE = "train_metrics.json"
+HR_NS = (10, 50, 100)
+
+
+def resolve_ds(param_ds: str | None, logical_date: dt.datetime | dt.date | None) -> str:
+    """The run's partition date: the `ds` param if given, else the logical date (the start of
+    the daily data interval), else today (UTC) for a manual run without a logical date."""
+    if param_ds:
+        return check_ds(str(param_ds))
+    if logical_date is not None:
+        return logical_date.date().isoformat() if isinstance(logical_date, dt.datetime) \
+            else logical_date.isoformat()
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def date_range(start: str, end: str) -> list[str]:
+    """Every date from start to end, both included, oldest first."""
+    a, b = dt.date.fromisoformat(check_ds(start)), dt.date.fromisoformat(check_ds(end))
+    if b < a:
+        raise ValueError(f"end date {end} is before start date {start}")
+    return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+# ------------------------------------------------------------------ published versions
+
+
+def _current(root: Path) -> dict[str, Any] | None:
+    from jobs.publish import NoCurrentVersion, read_current
+
+    try:
+        return read_current(root).data
+    except NoCurrentVersion:
+        return None
+
+
+def baseline_version(root: Path | str, ds: str) -> dict[str, Any] | None:
+    """The published version ds is compared with and warm-started from: the served one when
+    it is older than ds, else the one it replaced (when older); None if there is none.
+    A rerun of a published ds therefore sees the same baseline as its first run."""
+    root = Path(root)
+    cur = _current(root)
+    for cand in (cur, cur and cur.get("previous")):
+        if cand and cand["ds"] < ds and (root / cand["model"]).is_file():
+            return cand
+    return None
+
+
+def publish_decision(root: Path | str, ds: str) -> tuple[bool, str]:
+    """(may publish, why): the pointer never moves back to an older ds."""
+    cur = _current(Path(root))
+    if cur is not None and cur["ds"] > ds:
+        return False, (f"ds={ds} is older than the served ds={cur['ds']}; the pointer is not "
+                       f"moved back (run `python -m jobs.publish --ds {ds}` to force it)")
+    return True, "ok"
+
+
+# ------------------------------------------------------------------------ training
+
+
+def _data_fingerprint(seq_dir: Path) -> dict[str, Any]:
+    stats = json.loads((seq_dir / "stats.json").read_text())
+    stats.pop("seconds", None)
+    stats.get("config", {}).pop("master", None)
+    stats.get("config", {}).pop("spark_conf", None)
+    return stats
+
+
+def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
+    """Where and how ds is trained (pure: reads the sequences' stats and the pointer)."""
+    layout = DataLayout(cfg.data_root)
+    seq_dir = layout.sequences(ds)
+    if not (seq_dir / "stats.json").is_file():
+        raise FileNotFoundError(f"{seq_dir}/stats.json not found: build the sequences of "
+                                f"ds={ds} first")
+    base = baseline_version(cfg.data_root, ds)
+    warm = str(cfg.data_root / base["model"]) if base else None
+    flags = ["--epochs", str(cfg.train_epochs), *cfg.train_args]
+    key = json.dumps({"data": _data_fingerprint(seq_dir), "flags": flags,
+                      "nproc": cfg.train_nproc,
+                      "warm_start": base and base["model_version"]}, sort_keys=True)
+    fp = hashlib.sha256(key.encode()).hexdigest()[:12]
+    work = cfg.data_root / "training" / f"ds={ds}" / f"run-{fp}"
+    return {"ds": ds, "seq_dir": str(seq_dir), "work_dir": str(work), "fingerprint": fp,
+            "warm_start_from": warm, "baseline": base, "flags": flags}
+
+
+def train_command(cfg: PipelineConfig, ds: str) -> str:
+    """The torchrun command of ds; removes the work folders of other inputs for ds first."""
+    plan = plan_training(cfg, ds)
+    work = Path(plan["work_dir"])
+    work.parent.mkdir(parents=True, exist_ok=True)
+    for other in work.parent.iterdir():
+        if other.name != work.name:
+            log.info("removing the training folder of other inputs: %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m",
+                                                          "torch.distributed.run"]
+    cmd = [*launcher, "--standalone", f"--nproc_per_node={cfg.train_nproc}",
+           "-m", "mind_model.train", "--data-dir", plan["seq_dir"], "--out-dir", str(work),
+           "--no-progress", *plan["flags"]]
+    if plan["warm_start_from"]:
+        cmd += ["--warm-start-from", plan["warm_start_from"]]
+    log.info("training ds=%s in %s (warm start: %s)", ds, work, plan["warm_start_from"])
+    # OMP_NUM_THREADS is left to train.default_threads (CPUs / processes)
+    return f"cd {shlex.quote(str(_project_root()))} && exec {shlex.join(cmd)}"
+
+
+def _project_root() -> Path:
+    from jobs.pipeline_config import PROJECT_ROOT
+
+    return PROJECT_ROOT
+
+
+# ------------------------------------------------------------------------ the gate
+
+
+def hit_rates(model_path: Path | str, seq_dir: Path | str, split: str = "test",
+              ns: tuple[int, ...] = HR_NS) -> dict[str, float]:
+    """The paper's HR@N of a checkpoint on the held-out users of seq_dir, over today's
+    catalogue. A checkpoint trained on an older ds sees ids it does not know as unknown
+    (its tables cover the old ids: ids are stable across days)."""
+    import numpy as np
+
+    from mind_model.checkpoint import load_model
+    from mind_model.data import PROFILE_COLUMNS, load_meta, read_eval
+    from mind_model.evaluate import ModelRecommender, evaluate
+    from schemas import UNK_IDX
+
+    model = load_model(model_path)
+    meta = load_meta(seq_dir)
+    samples = read_eval(seq_dir, split)
+    for col in PROFILE_COLUMNS:  # profile values newer than the model -> unknown
+        size = model.cfg.profile_vocab.get(col[: -len("_idx")], 0)
+        if col in samples and size:
+            samples[col] = np.where(samples[col] >= size, UNK_IDX, samples[col])
+    rec = ModelRecommender(model, meta.active_items)
+    out = evaluate(rec, samples, ns=ns)
+    return {k: float(v) for k, v in out.items() if k.startswith("hr@") or k == "users"}
+
+
+def evaluate_and_stage(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
+    """Score the new model and the baseline on ds's test users, decide, write models/ds=D/."""
+    from jobs.publish import model_version
+    from jobs.storage import staged_dir, write_json
+
+    plan = plan_training(cfg, ds)
+    work = Path(plan["work_dir"])
+    best = work / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} not found: the training task of ds={ds} did not finish")
+    metric = cfg.gate_metric
+    new = hit_rates(best, plan["seq_dir"])
+    if metric not in new:
+        raise ValueError(f"gate metric {metric!r} not computed; one of {sorted(new)}")
+    result: dict[str, Any] = {
+        "ds": ds, "metric": metric, "margin": cfg.gate_margin, "split": "test",
+        "model_version": model_version(best), "new": new, "baseline": None,
+        "training": {"work_dir": str(work), "fingerprint": plan["fingerprint"],
+                     "warm_start_from": plan["warm_start_from"]},
+    }
+    base = plan["baseline"]
+    if base is None:
+        result.update(publish=True, reason="nothing published before this ds: first model")
+    else:
+        old = hit_rates(cfg.data_root / base["model"], plan["seq_dir"])
+        result["baseline"] = {"ds": base["ds"], "model_version": base["model_version"], **old}
+        drop = old[metric] - new[metric]
+        ok = drop <= cfg.gate_margin
+        result["publish"] = ok
+        result["reason"] = (
+            f"{metric} {new[metric]:.4f} vs published ds={base['ds']} {old[metric]:.4f} "
+            f"(drop {drop:+.4f}, margin {cfg.gate_margin}): "
+            + ("within the margin" if ok else "worse by more than the margin, NOT published"))
+    layout = DataLayout(cfg.data_root)
+    with staged_dir(layout.models(ds)) as tmp:
+        shutil.copyfile(best, tmp / "model.pt")
+        if (work / "metrics.json").is_file():
+            shutil.copyfile(work / "metrics.json", tmp / TRAIN_METRICS_FILE)
+        write_json(tmp / EVAL_FILE, result)
+    log.info("gate ds=%s: %s", ds, result["reason"])
+    return result

@@ -1,0 +1,250 @@
+"""The Airflow DAGs: integrity, the daily DAG end to end through `dag.test()` on SQLite,
+a rerun of the same date giving identical outputs, and a 3-day backfill.
+
+Airflow reads its configuration when first imported, so this module sets a private
+AIRFLOW_HOME (SQLite) and the pipeline's settings (a temporary data root, tiny
+training) in the environment BEFORE anything imports airflow or the DAG files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS = REPO_ROOT / "dags"
+WORK = Path(tempfile.mkdtemp(prefix="mind-dags-test-"))
+DATA_ROOT = WORK / "data"
+DS = "2026-11-28"
+DAYS = ("2026-11-26", "2026-11-27", "2026-11-28")
+
+os.environ.update({
+    "AIRFLOW_HOME": str(WORK / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+    "AIRFLOW_CONN_SPARK_MIND": '{"conn_type": "spark", "host": "local[2]"}',
+    "MIND_DATA_ROOT": str(DATA_ROOT),
+    "MIND_LOOKBACK_DAYS": "3",
+    "MIND_TRAIN_NPROC": "1",
+    "MIND_TRAIN_EPOCHS": "1",
+    "MIND_TRAIN_ARGS": "--batch-size 64 --n-neg 64 --embed-dim 16 --tower-hidden 32",
+    "MIND_MIN_ROW_GROUPS": "2",
+    "MIND_SPARK_CONF": "spark.sql.shuffle.partitions=2,spark.default.parallelism=2",
+    "MIND_SPARK_DRIVER_MEMORY": "1g",
+    "MIND_INDEX_SHARDS": "2",
+    "MIND_RETRIES": "1",
+    "MIND_RETRY_DELAY_S": "1",
+    "SPARK_LOCAL_IP": "127.0.0.1",
+})
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    """Migrated SQLite metadata DB and 3 days of tiny generated logs (3k events)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   capture_output=True, env=os.environ.copy())
+    subprocess.run([sys.executable, "-m", "jobs.sample_data", "--out", str(DATA_ROOT / "raw"),
+                    "--end-ds", DS, "--days", "3", "--events", "3000", "--bad-rows"],
+                   check=True, capture_output=True, cwd=REPO_ROOT)
+    return WORK
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+# ------------------------------------------------------------------------ integrity
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {"mind_daily", "mind_backfill"} <= set(dagbag.dags)
+
+
+def test_dags_tagged_documented_and_retried(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        for t in dag.tasks:
+            assert t.retries and t.retries > 0, f"{dag_id}.{t.task_id} has no retries"
+
+
+def test_daily_schedule_and_wiring(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["mind_daily"]
+    # @daily with a data interval: the run of day D starts after D ends, logical date = D
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.timetable.expression == "0 0 * * *"
+    order = ["resolve_ds", "build_sequences", "train", "evaluate_gate", "embed_users",
+             "build_index", "publish"]
+    for up, down in zip(order, order[1:]):
+        assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
+    spark = [t for t in dag.tasks if type(t).__name__ == "SparkSubmitOperator"]
+    assert {t.task_id for t in spark} == {"build_sequences", "embed_users"}
+    assert all(t._conn_id == "spark_mind" for t in spark)
+    assert dag.get_task("publish").outlets and dag.get_task("build_sequences").outlets
+
+
+def test_backfill_is_manual_with_params(dagbag):
+    dag = dagbag.dags["mind_backfill"]
+    assert dag.timetable.can_be_scheduled is False  # schedule=None
+    assert {"start", "end", "retrain"} <= set(dag.params)
+    assert dag.params["retrain"] is False
+
+
+def test_pipeline_steps_without_airflow(tmp_path):
+    """ds resolution, date ranges and the choice of the baseline / publish decision."""
+    import datetime as dt
+
+    from jobs.pipeline_steps import baseline_version, date_range, publish_decision, resolve_ds
+    from jobs.storage import write_json
+
+    assert resolve_ds("2026-11-02", None) == "2026-11-02"
+    assert resolve_ds(None, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc)) == "2026-11-03"
+    assert date_range("2026-11-30", "2026-12-02") == ["2026-11-30", "2026-12-01", "2026-12-02"]
+    with pytest.raises(ValueError):
+        date_range("2026-11-02", "2026-11-01")
+
+    assert baseline_version(tmp_path, "2026-11-28") is None
+    assert publish_decision(tmp_path, "2026-11-28")[0]
+    for ds in ("2026-11-26", "2026-11-27"):
+        (tmp_path / f"models/ds={ds}").mkdir(parents=True)
+        (tmp_path / f"models/ds={ds}/model.pt").write_bytes(b"x")
+    prev = {"ds": "2026-11-26", "model": "models/ds=2026-11-26/model.pt", "model_version": "a"}
+    cur = {"ds": "2026-11-27", "model": "models/ds=2026-11-27/model.pt", "model_version": "b"}
+    write_json(tmp_path / "current.json", {**cur, "previous": prev})
+    assert baseline_version(tmp_path, "2026-11-28")["ds"] == "2026-11-27"
+    # a rerun of the served ds compares with (and warm-starts from) what it replaced
+    assert baseline_version(tmp_path, "2026-11-27")["ds"] == "2026-11-26"
+    ok, why = publish_decision(tmp_path, "2026-11-20")
+    assert not ok and "older" in why
+
+
+def test_gate_rejects_a_worse_model(tmp_path, monkeypatch):
+    """A new model worse than the published one by more than the margin is not published,
+    and evaluation.json next to the model says why."""
+    from jobs import pipeline_steps
+    from jobs.pipeline_config import PipelineConfig
+    from jobs.storage import write_json
+
+    cfg = PipelineConfig(data_root=tmp_path, gate_margin=0.02)
+    seq = tmp_path / "sequences/ds=2026-11-28"
+    seq.mkdir(parents=True)
+    (seq / "stats.json").write_text(json.dumps({"ds": "2026-11-28", "seconds": 1}))
+    old = tmp_path / "models/ds=2026-11-27/model.pt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old")
+    write_json(tmp_path / "current.json", {"ds": "2026-11-27", "model_version": "v0",
+                                           "model": "models/ds=2026-11-27/model.pt"})
+    work = Path(pipeline_steps.plan_training(cfg, "2026-11-28")["work_dir"])
+    work.mkdir(parents=True)
+    (work / "best.pt").write_bytes(b"new")
+    scores = {str(old): 0.50, str(work / "best.pt"): 0.45}
+    monkeypatch.setattr(pipeline_steps, "hit_rates",
+                        lambda path, seq_dir: {"hr@50": scores[str(path)], "users": 10.0})
+    res = pipeline_steps.evaluate_and_stage(cfg, "2026-11-28")
+    assert res["publish"] is False and "NOT published" in res["reason"]
+    saved = json.loads((tmp_path / "models/ds=2026-11-28/evaluation.json").read_text())
+    assert saved["publish"] is False and saved["baseline"]["ds"] == "2026-11-27"
+    assert (tmp_path / "models/ds=2026-11-28/model.pt").read_bytes() == b"new"
+
+    scores[str(work / "best.pt")] = 0.49  # within the margin
+    assert pipeline_steps.evaluate_and_stage(cfg, "2026-11-28")["publish"] is True
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def _run(dagbag, dag_id: str, logical_date: str | None = None, conf: dict | None = None):
+    import pendulum
+
+    kw = {"run_conf": conf} if conf else {}
+    if logical_date:
+        kw["logical_date"] = pendulum.parse(logical_date, tz="UTC")
+    dr = dagbag.dags[dag_id].test(**kw)
+    return dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def _table_digest(folder: Path) -> tuple[int, str]:
+    """(files, digest of the sorted rows) of a Parquet folder: the content, not the file names."""
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.rglob("*.parquet"))
+    t = pq.read_table(folder)
+    rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in t.to_pylist())
+    return len(files), hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _snapshot() -> dict:
+    seq = DATA_ROOT / f"sequences/ds={DS}"
+    stats = json.loads((seq / "stats.json").read_text())
+    stats.pop("seconds")
+    snap = {"stats": stats, "current": (DATA_ROOT / "current.json").read_text(),
+            "tables": {p.name: _table_digest(p) for p in sorted(seq.iterdir()) if p.is_dir()
+                       and p.name != "vocab"},
+            "vocab": {p.name: _table_digest(p) for p in sorted((seq / "vocab").iterdir())},
+            "model": hashlib.sha256((DATA_ROOT / f"models/ds={DS}/model.pt").read_bytes()).hexdigest(),
+            "index": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                      for p in sorted((DATA_ROOT / f"index/ds={DS}").glob("*.faiss"))},
+            "users": _table_digest(DATA_ROOT / f"embeddings/ds={DS}/users"),
+            "partitions": sorted(p.name for p in (DATA_ROOT / "sequences").iterdir())}
+    return snap
+
+
+@pytest.fixture(scope="module")
+def daily_run(airflow_db, dagbag):
+    dr, states = _run(dagbag, "mind_daily", DS)
+    return dr, states
+
+
+def test_daily_dag_end_to_end(daily_run):
+    dr, states = daily_run
+    assert states == {t: "success" for t in states}, states
+    assert str(dr.state) == "success"
+    from jobs.publish import read_current
+
+    cur = read_current(DATA_ROOT)
+    assert cur.ds == DS and cur.path("index").is_dir()
+    gate = json.loads((DATA_ROOT / f"models/ds={DS}/evaluation.json").read_text())
+    assert gate["publish"] is True and gate["baseline"] is None
+    manifest = json.loads((DATA_ROOT / f"index/ds={DS}/manifest.json").read_text())
+    assert manifest["n_shards"] == 2 and manifest["model_version"] == cur.model_version
+
+
+def test_rerun_of_a_date_gives_identical_outputs(daily_run, dagbag):
+    before = _snapshot()
+    dr, states = _run(dagbag, "mind_daily", DS)
+    assert str(dr.state) == "success", states
+    after = _snapshot()
+    assert after == before
+    assert not list((DATA_ROOT / "sequences").glob("_*")), "temporary folders left behind"
+
+
+def test_backfill_three_days_creates_three_partitions(daily_run, dagbag):
+    dr, states = _run(dagbag, "mind_backfill",
+                      conf={"start": DAYS[0], "end": DAYS[-1], "retrain": False})
+    assert str(dr.state) == "success", states
+    assert states["rebuild_sequences"] == "success"
+    assert states["train"] == "skipped" and states["publish"] == "skipped"
+    for ds in DAYS:
+        assert (DATA_ROOT / f"sequences/ds={ds}/stats.json").is_file()
+    assert sorted(p.name for p in (DATA_ROOT / "sequences").iterdir()) == [f"ds={d}" for d in DAYS]
+    # the vocabulary is stable across days: each day's ids extend the day before
+    import pyarrow.parquet as pq
+
+    v = [dict(zip(*pq.read_table(DATA_ROOT / f"sequences/ds={d}/vocab/item")
+                  .select(["value", "idx"]).to_pydict().values())) for d in DAYS[:2]]
+    assert all(v[1].get(k) == i for k, i in v[0].items())
