@@ -30,10 +30,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-# The pipeline as far as it is built: sample logs -> behaviour sequences.
+# The whole pipeline on this machine: sample logs (or your own: DATA=path FORMAT=movielens|
+# amazon-seq|taobao|amazon-ratings) -> the daily DAG through Airflow (SQLite in ./airflow_home,
+# Spark local, 2 training processes) -> MIND-K vs MIND-1 vs YouTube DNN -> a report with plots
+# under $(DATA_ROOT)/reports/<run>/. LOCAL_PIPELINE_ARGS: more flags (--help lists them).
+DATA                ?=
+FORMAT              ?=
+LOCAL_PIPELINE_ARGS ?=
 local-pipeline: $(STAMP)
-	$(PY) -m jobs.sample_data --out $(DATA_ROOT)/raw --end-ds $(DS) --days $(DAYS)
-	$(PY) -m jobs.build_sequences --data-root $(DATA_ROOT) --ds $(DS) --lookback-days $(DAYS)
+	$(PY) -m jobs.local_pipeline --data-root $(DATA_ROOT) \
+	  $(if $(DATA),--data $(DATA) --format $(FORMAT),--ds $(DS) --days $(DAYS)) $(LOCAL_PIPELINE_ARGS)
 
 bench-prep: $(STAMP)
 	$(PY) -m bench.bench_prep

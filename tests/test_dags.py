@@ -248,3 +248,18 @@ def test_backfill_three_days_creates_three_partitions(daily_run, dagbag):
     v = [dict(zip(*pq.read_table(DATA_ROOT / f"sequences/ds={d}/vocab/item")
                   .select(["value", "idx"]).to_pydict().values())) for d in DAYS[:2]]
     assert all(v[1].get(k) == i for k, i in v[0].items())
+
+
+def test_native_backfill_of_the_daily_dag(airflow_db):
+    """`airflow backfill create` plans one mind_daily run per day, logical date = the day
+    (= the partition it builds)."""
+    env = os.environ.copy()
+    subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
+                   capture_output=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "airflow", "backfill", "create", "--dag-id",
+                        "mind_daily", "--from-date", DAYS[0], "--to-date", DAYS[-1],
+                        "--max-active-runs", "1", "--dry-run"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    planned = [d for d in DAYS if f"{d} 00:00:00+00:00" in r.stdout]
+    assert planned == list(DAYS), r.stdout[-2000:]
