@@ -26,7 +26,7 @@ The native alternative runs the whole daily DAG per date:
 @dag(
     dag_id="mind_backfill",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),  # old data (imports) can be run too
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),

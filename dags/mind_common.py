@@ -23,8 +23,9 @@ def default_args(cfg: PipelineConfig = CFG) -> dict:
 
 
 def asset(cfg: PipelineConfig, what: str) -> Asset:
-    """The asset of one artefact family under the data root (one per folder, all dates)."""
-    return Asset(name=f"mind_{what.replace('.json', '')}", uri=f"file://{cfg.data_root}/{what}")
+    """The asset of one artefact family under the data root (one per folder, all dates).
+    Named by its URI: two data roots (e.g. sample and imported data) are two assets."""
+    return Asset(uri=f"file://{cfg.data_root}/{what}")
 
 
 def spark_job(cfg: PipelineConfig, task_id: str, job: str, args: list[str], **kwargs):

@@ -32,7 +32,7 @@ mind_daily --from-date … --to-date …`, or the `mind_backfill` DAG.
 @dag(
     dag_id="mind_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),  # old data (imports) can be run too
     catchup=False,
     max_active_runs=1,  # each day's vocabulary and warm start build on the day before
     default_args=default_args(),

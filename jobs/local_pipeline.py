@@ -80,16 +80,7 @@ def prepare_input(args: argparse.Namespace) -> tuple[str, int, str]:
     """Write raw logs under <root>/raw; returns (ds, look-back days, description)."""
     raw = Path(args.data_root) / "raw"
     if args.data:
-        from jobs.importers import import_any
-
-        say(f"importing {args.format} logs from {', '.join(args.data)}")
-        res = import_any(args.format, args.data, raw)
-        days = sorted(res.rows_per_ds)
-        ds = args.ds_given or days[-1]
-        lookback = (dt.date.fromisoformat(ds) - dt.date.fromisoformat(days[0])).days + 1
-        say(f"imported {sum(res.rows_per_ds.values()):,} events in {len(days)} daily "
-            f"partitions ({days[0]} .. {days[-1]}); ds={ds}, look-back {lookback} days")
-        return ds, lookback, f"{args.format} import of {', '.join(args.data)}"
+        return import_input(args, raw)
     from jobs import sample_data
 
     ds = args.ds_given or DEFAULTS["ds"]
@@ -99,6 +90,39 @@ def prepare_input(args: argparse.Namespace) -> tuple[str, int, str]:
                       "--events", str(args.events), "--users", str(args.users),
                       "--items", str(args.items), "--preset", "multi", "--bad-rows"])
     return ds, args.days, "generated (jobs.sample_data --preset multi --bad-rows)"
+
+
+def import_input(args: argparse.Namespace, raw: Path) -> tuple[str, int, str]:
+    """The user's logs as ONE raw partition (a snapshot) dated by their last event; the
+    look-back window spans all of them. raw/ of this root is replaced (it is our copy)."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from jobs.importers import import_any
+
+    say(f"importing {args.format} logs from {', '.join(args.data)}")
+    shutil.rmtree(raw, ignore_errors=True)
+    placeholder = "2000-01-01"
+    tmp = raw.with_name("_import_tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    import_any(args.format, args.data, tmp, snapshot_ds=placeholder)
+    part = tmp / "events" / f"ds={placeholder}"
+    times = pads.dataset(str(part), format="parquet").to_table(columns=["event_time"])
+    mm = pc.min_max(times.column("event_time")).as_py()
+    if mm["max"] is None:
+        raise SystemExit(f"no event with a time in {args.data}")
+    ds = args.ds_given or mm["max"].date().isoformat()
+    lookback = (dt.date.fromisoformat(ds) - mm["min"].date()).days + 1
+    (raw / "events").mkdir(parents=True)
+    part.rename(raw / "events" / f"ds={ds}")
+    if (tmp / "profiles").is_dir():
+        (tmp / "profiles").rename(raw / "profiles")
+    shutil.rmtree(tmp, ignore_errors=True)
+    say(f"imported {times.num_rows:,} events from {mm['min']:%Y-%m-%d} to {mm['max']:%Y-%m-%d} "
+        f"as one partition ds={ds}; look-back {lookback} days")
+    return ds, lookback, f"{args.format} import of {', '.join(args.data)}"
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -113,6 +137,8 @@ def migrate(env: dict[str, str]) -> None:
 
 # ------------------------------------------------------------------------ the DAG run
 
+DAG_TASKS = ("resolve_ds", "build_sequences", "train", "evaluate_gate", "embed_users",
+             "build_index", "publish")
 _SHOW = ("[1/", "[2/", "[3/", "[4/", "[5/", "[6/", "epoch ", "gate ", "ds=", "published ",
          "users ", "recall@", "Task failed", "Error", "error:")
 
@@ -154,7 +180,8 @@ def run_daily_dag(env: dict[str, str], ds: str, log_path: Path) -> dict[str, Any
                 if msg and any(k in msg for k in _SHOW) and "SecurityManager" not in msg:
                     say(f"      {msg[:150]}")
         p.wait()
-    if p.returncode or result.get("state") != "success":
+    done = {t for t, v in result.get("tasks", {}).items() if v["state"] == "success"}
+    if p.returncode or result.get("state") != "success" or not set(DAG_TASKS) <= done:
         failed = [t for t, v in result.get("tasks", {}).items() if v["state"] == "failed"]
         raise SystemExit(f"the daily DAG did not succeed (state {result.get('state')}, failed "
                          f"tasks {failed}); see {log_path}")
@@ -260,7 +287,10 @@ def plots(out: Path, cmp: dict[str, Any]) -> list[str]:
             a2.plot(methods[m].get("valid_hr50_by_epoch") or [], marker="o", label=names[m])
     a1.set_title("training loss")
     a2.set_title("valid HR@50")
+    from matplotlib.ticker import MaxNLocator
+
     for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_xlabel("epoch")
         a.legend()
     fig.tight_layout()
@@ -301,12 +331,15 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
     L += ["## HitRate (paper protocol, test users)", "",
           f"Same sequences, budget ({cmp['settings']['epochs']} epochs) and seed; "
           f"{n_test:,} held-out users.", "",
-          "| method | HR@10 | HR@50 | HR@100 | HR@50 vs YouTube DNN |", "|---|---:|---:|---:|---:|"]
+          "| method | HR@10 | HR@50 (± s.e.) | HR@100 | HR@50 vs YouTube DNN |",
+          "|---|---:|---:|---:|---:|"]
     for m in ("popularity", "youtube", "mind1", "mind"):
         if m in methods:
             r = methods[m]
             rel = r.get("rel_hr@50")
-            L.append(f"| {names[m]} | {r['hr@10']:.4f} | {r['hr@50']:.4f} | {r['hr@100']:.4f} "
+            se = r.get("hr@50_se")
+            L.append(f"| {names[m]} | {r['hr@10']:.4f} | {r['hr@50']:.4f}"
+                     f"{'' if se is None else f' ± {se:.3f}'} | {r['hr@100']:.4f} "
                      f"| {'' if rel is None else f'{rel:+.1%}'} |")
     L += ["", f"Publish gate of the daily model: {gate['reason']} "
               f"(daily model test HR@50 {gate['new']['hr@50']:.4f}).", "",
@@ -324,9 +357,7 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
             L.append(f"- interest {k}: " + ", ".join(items))
         L.append("")
     L += ["## Daily DAG run", "", "| task | state | seconds |", "|---|---|---:|"]
-    order = ["resolve_ds", "build_sequences", "train", "evaluate_gate", "embed_users",
-             "build_index", "publish"]
-    for t in order:
+    for t in DAG_TASKS:
         v = dag["tasks"].get(t, {})
         s = v.get("seconds")
         L.append(f"| {t} | {v.get('state', '?')} | {'' if s is None else f'{s:.0f}'} |")
@@ -361,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     root = Path(args.data_root).absolute()
+    if args.data:  # its own root: dates and ids of your data never mix with the sample's
+        root = root / f"import-{args.format}"
     args.data_root = str(root)
     ds, lookback, source = prepare_input(args)
     env = airflow_env(args, lookback)
