@@ -36,8 +36,8 @@ T0 = time.time()
 
 # Sized for < 10 minutes on 2 shared cores: enough users that the multi-interest model
 # separates from the single-vector ones, few enough that each Spark job stays small.
-DEFAULTS = dict(ds="2026-11-28", days=3, events=60_000, users=3_000, items=1_000,
-                epochs=3, nproc=2)
+DEFAULTS = dict(ds="2026-11-28", days=3, events=100_000, users=5_000, items=1_000,
+                epochs=4, nproc=2)
 # Training flags of the daily model and of the compared variants (one budget for all).
 TRAIN_FLAGS = dict(batch_size=256, n_neg=256, embed_dim=32, eval_users=2000)
 
