@@ -47,6 +47,14 @@ os.environ.update({
 pytestmark = pytest.mark.spark
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup():
+    yield
+    import shutil
+
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def airflow_db():
     """Migrated SQLite metadata DB and 3 days of tiny generated logs (3k events)."""
