@@ -56,19 +56,42 @@ def ensure_java() -> str:
     return os.environ["JAVA_HOME"]
 
 
+def under_spark_submit() -> bool:
+    """True when spark-submit started this driver (it passes the gateway port)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def resolve_master(master: str | None = None) -> str | None:
-    """The master to set: explicit, else $MIND_SPARK_MASTER, else local[*] — except under
-    spark-submit (which starts the driver with PYSPARK_GATEWAY_PORT set), where None is
-    returned so that spark-submit's own --master is not overridden."""
-    explicit = master or os.environ.get(MASTER_ENV)
-    if explicit:
-        return explicit
-    return None if "PYSPARK_GATEWAY_PORT" in os.environ else DEFAULT_MASTER
+    """The master to set: explicit, else $MIND_SPARK_MASTER, else local[*].
+
+    Under spark-submit only an explicit argument is set: spark-submit's own --master
+    (e.g. from the Airflow connection) wins over the environment and the default.
+    """
+    if master:
+        return master
+    if under_spark_submit():
+        return None
+    return os.environ.get(MASTER_ENV) or DEFAULT_MASTER
+
+
+def _defaults_not_submitted() -> dict[str, str]:
+    """DEFAULT_CONF minus the keys spark-submit already set (its --conf must win)."""
+    if not under_spark_submit():
+        return dict(DEFAULT_CONF)
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM
+    submitted = SparkConf()  # loads the spark.* properties spark-submit was given
+    return {k: v for k, v in DEFAULT_CONF.items() if not submitted.contains(k)}
 
 
 def start_spark(app_name: str, master: str | None = None,
                 conf: dict[str, str] | None = None) -> "SparkSession":
-    """Build (or reuse) the SparkSession for a job."""
+    """Build (or reuse) the SparkSession for a job.
+
+    Precedence of settings: `conf` (the job's own flags) > spark-submit's --conf >
+    DEFAULT_CONF.
+    """
     ensure_java()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Executors run the same interpreter as the driver (the project's venv).
@@ -80,7 +103,7 @@ def start_spark(app_name: str, master: str | None = None,
     resolved = resolve_master(master)
     if resolved is not None:
         builder = builder.master(resolved)
-    for key, value in {**DEFAULT_CONF, **(conf or {})}.items():
+    for key, value in {**_defaults_not_submitted(), **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,0 +1,22 @@
+"""Where the Spark master comes from (no JVM needed)."""
+from __future__ import annotations
+
+from jobs.spark import DEFAULT_MASTER, MASTER_ENV, resolve_master
+
+
+def test_master_precedence(monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.delenv(MASTER_ENV, raising=False)
+    assert resolve_master() == DEFAULT_MASTER
+    monkeypatch.setenv(MASTER_ENV, "spark://127.0.0.1:7077")
+    assert resolve_master() == "spark://127.0.0.1:7077"
+    assert resolve_master("local[1]") == "local[1]"
+
+
+def test_spark_submit_master_is_not_overridden(monkeypatch):
+    # spark-submit (e.g. Airflow's SparkSubmitOperator) sets the gateway port; its --master wins
+    # over the environment and the default, but an explicit --master flag of the job still applies.
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")
+    monkeypatch.setenv(MASTER_ENV, "spark://elsewhere:7077")
+    assert resolve_master() is None
+    assert resolve_master("local[1]") == "local[1]"
