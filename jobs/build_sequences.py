@@ -27,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.spark import start_spark
+from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.storage import staged_dir, write_json
 from jobs.validation import InputError, check_schema
 from schemas import (
@@ -506,16 +506,11 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-row-groups", type=int, default=d.min_row_groups)
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
-    p.add_argument("--master", default=None, help="Spark master URL (default: $MIND_SPARK_MASTER "
-                   "or local[*])")
     p.add_argument("--events-dir", type=Path, default=None)
     p.add_argument("--profiles-dir", type=Path, default=None)
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra Spark configuration")
-    a = p.parse_args(argv)
-    conf = dict(kv.split("=", 1) for kv in a.conf)
-    kwargs = {k: v for k, v in vars(a).items() if k != "conf"}
-    return PrepConfig(**kwargs, spark_conf=conf)
+    add_spark_arguments(p)
+    options, conf = split_spark_arguments(p.parse_args(argv))
+    return PrepConfig(**options, spark_conf=conf)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.build_sequences import Stage
 from jobs.layout import MANIFEST, DataLayout
 from jobs.publish import model_version
-from jobs.spark import start_spark
+from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.storage import staged_dir, write_json
 from jobs.validation import InputError, check_schema
 from schemas import ITEM_EMBEDDINGS, ITEM_FEATURES, LATEST_SEQUENCES, PROFILE_FIELDS, USER_VECTORS
@@ -319,14 +319,9 @@ def parse_args(argv: list[str] | None = None) -> EmbedConfig:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--partitions", type=int, default=None)
     p.add_argument("--users-per-partition", type=int, default=d.users_per_partition)
-    p.add_argument("--master", default=None, help="Spark master URL (default: "
-                   "$MIND_SPARK_MASTER or local[*])")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra Spark configuration")
-    a = p.parse_args(argv)
-    conf = dict(kv.split("=", 1) for kv in a.conf)
-    kwargs = {k: v for k, v in vars(a).items() if k != "conf"}
-    return EmbedConfig(**kwargs, spark_conf=conf)
+    add_spark_arguments(p)
+    options, conf = split_spark_arguments(p.parse_args(argv))
+    return EmbedConfig(**options, spark_conf=conf)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,6 +110,27 @@ def start_spark(app_name: str, master: str | None = None,
     return spark
 
 
+def _conf_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--conf takes KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --master and --conf flags every Spark job takes."""
+    parser.add_argument("--master", default=None,
+                        help=f"Spark master URL (default: ${MASTER_ENV} or {DEFAULT_MASTER})")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        type=_conf_pair, help="extra Spark configuration (repeatable)")
+
+
+def split_spark_arguments(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """(the job's own options, the --conf pairs as a dict)."""
+    options = {k: v for k, v in vars(args).items() if k != "conf"}
+    return options, dict(args.conf)
+
+
 def spark_home() -> str:
     """SPARK_HOME of the pip-installed pyspark (holds bin/spark-submit, bin/spark-class)."""
     import pyspark

@@ -20,3 +20,12 @@ def test_spark_submit_master_is_not_overridden(monkeypatch):
     monkeypatch.setenv(MASTER_ENV, "spark://elsewhere:7077")
     assert resolve_master() is None
     assert resolve_master("local[1]") == "local[1]"
+
+
+def test_job_flags_parse_master_and_conf():
+    from jobs.build_sequences import parse_args
+
+    cfg = parse_args(["--data-root", "/tmp/x", "--ds", "2026-11-28", "--master", "local[1]",
+                      "--conf", "spark.a=1", "--conf", "spark.b=x=y"])
+    assert cfg.master == "local[1]"
+    assert cfg.spark_conf == {"spark.a": "1", "spark.b": "x=y"}
