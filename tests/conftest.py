@@ -26,6 +26,17 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensor tests run faster (and steadier on a shared machine) on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():

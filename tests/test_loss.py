@@ -13,12 +13,7 @@ from mind_model.loss import SampledSoftmaxLoss
 N_ITEMS = 22  # ids 2..21 are the 20 real items
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def setup_case(seed: int = 0, B: int = 6, D: int = 4, scale: float = 1.0):

@@ -10,12 +10,7 @@ import torch
 from mind_model.metrics import hit_rate_at, interest_diversity, recall_hr_at, topn_multi_interest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_case(seed: int = 0, B: int = 5, K: int = 3, D: int = 4, N: int = 50):

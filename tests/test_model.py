@@ -15,12 +15,7 @@ from mind_model.model import (MIND, B2IRouting, ItemEmbedding, LabelAwareAttenti
                               n_active_interests, squash)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**kw) -> ModelConfig:
