@@ -9,18 +9,15 @@ import pytest
 
 from mind_model.sweep import parse_values
 
+from tests.conftest import build_generated_sequences
+
 DS = "2026-11-28"
 
 
 @pytest.fixture(scope="module")
 def seq_dir(spark, tmp_path_factory) -> Path:
-    from jobs.build_sequences import PrepConfig, run
-    from jobs.sample_data import generate
-
-    root = tmp_path_factory.mktemp("sweep_data")
-    generate(root / "raw", end_ds=DS, days=1, n_events=8_000, seed=5)
-    run(PrepConfig(data_root=root, ds=DS, lookback_days=1, min_row_groups=1), spark)
-    return root / "sequences" / f"ds={DS}"
+    return build_generated_sequences(spark, tmp_path_factory.mktemp("sweep_data"), ds=DS,
+                                     days=1, n_events=8_000, seed=5, min_row_groups=1)
 
 
 def test_parse_values():

@@ -24,18 +24,15 @@ from mind_model.model import MIND
 from mind_model.reader import row_group_rows, shard_rows, train_batches
 from mind_model.train import TrainConfig, TrainStep, params_sha256, train
 
+from tests.conftest import build_generated_sequences
+
 DS = "2026-11-28"
 
 
 @pytest.fixture(scope="module")
 def seq_dir(spark, tmp_path_factory) -> Path:
-    from jobs.build_sequences import PrepConfig, run
-    from jobs.sample_data import generate
-
-    root = tmp_path_factory.mktemp("train_data")
-    generate(root / "raw", end_ds=DS, days=2, n_events=30_000, seed=7)
-    run(PrepConfig(data_root=root, ds=DS, lookback_days=2, min_row_groups=4), spark)
-    return root / "sequences" / f"ds={DS}"
+    return build_generated_sequences(spark, tmp_path_factory.mktemp("train_data"), ds=DS,
+                                     days=2, n_events=30_000, seed=7, min_row_groups=4)
 
 
 def small_cfg(seq_dir: Path, out_dir: Path, **kw) -> TrainConfig:
