@@ -18,7 +18,12 @@ model learns against what was planted):
   (P(1..5 interests)) sets how many interests a user has. The defaults give short
   single-interest sessions, which a model can follow from the last few events; the
   "multi-interest" preset (`MULTI_INTEREST`, CLI `--preset multi`) is 3-5
-  interests per user, interleaved (switch_p = 1).
+  interests per user, interleaved (switch_p = 1), and fine-grained: ~15 items per
+  cluster, so a catalogue of 15k items has ~1,000 clusters, far more than the
+  embedding dimension. A few large clusters (the default, <= 100) can each get
+  a direction of their own, and then one pooled vector covers a user's 3-5 of them
+  about as well as K vectors do; with ~1,000 it cannot, which is the situation
+  multi-interest retrieval is for.
 * Behaviour types follow the Taobao UserBehavior shares (click >> cart > fav > buy).
 
 Output under `out_root` (each folder published atomically, a rerun with the same
@@ -64,8 +69,10 @@ BEHAVIOR_P = (0.895, 0.055, 0.029, 0.021)  # Taobao UserBehavior: pv, cart, fav,
 INTEREST_COUNT_P = (0.15, 0.30, 0.30, 0.15, 0.10)  # P(user has 1..5 interests)
 MAX_INTERESTS = len(INTEREST_COUNT_P)
 SWITCH_P = 0.25  # chance an event starts a new session: sessions average ~4 events
-# Strongly multi-interest users: 3..5 interests each, a fresh interest draw at every event.
-MULTI_INTEREST = {"switch_p": 1.0, "interest_count_p": (0.0, 0.0, 0.4, 0.35, 0.25)}
+# Strongly multi-interest users: 3..5 fine-grained interests each (~15 items per cluster,
+# so there are far more clusters than embedding dimensions), a fresh interest at every event.
+MULTI_INTEREST = {"switch_p": 1.0, "interest_count_p": (0.0, 0.0, 0.4, 0.35, 0.25),
+                  "items_per_cluster": 15}
 NOISE_P = 0.03  # chance an event ignores the user's interests (uniform item)
 ZIPF_ITEM = 0.8  # mild, so tail items still reach min_item_count on small data
 ZIPF_CLUSTER = 0.5  # some interests are more common than others
@@ -87,11 +94,17 @@ _TS = pa.timestamp("us", tz="UTC")
 
 
 def default_sizes(n_events: int, n_users: int | None = None, n_items: int | None = None,
-                  n_clusters: int | None = None) -> tuple[int, int, int]:
-    """Users, items and clusters for `n_events` when not given (~40 events/user, ~20/item)."""
+                  n_clusters: int | None = None,
+                  items_per_cluster: int | None = None) -> tuple[int, int, int]:
+    """Users, items and clusters for `n_events` when not given (~40 events/user, ~20/item;
+    clusters: n_items / items_per_cluster, else items/100 in [8, 100])."""
     n_users = n_users or max(1, n_events // EVENTS_PER_USER)
     n_items = n_items or max(8, n_events // EVENTS_PER_ITEM)
-    n_clusters = n_clusters or int(np.clip(n_items // 100, 8, 100))
+    if items_per_cluster is not None and items_per_cluster < 1:
+        raise ValueError(f"items_per_cluster must be >= 1, got {items_per_cluster}")
+    if not n_clusters:
+        n_clusters = (max(1, n_items // items_per_cluster) if items_per_cluster
+                      else int(np.clip(n_items // 100, 8, 100)))
     return n_users, n_items, min(n_clusters, n_items)
 
 
@@ -310,9 +323,12 @@ def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
              n_users: int | None = None, n_items: int | None = None,
              n_clusters: int | None = None, seed: int = 0, bad_rows: bool = False,
              switch_p: float = SWITCH_P,
-             interest_count_p: tuple[float, ...] = INTEREST_COUNT_P) -> dict:
+             interest_count_p: tuple[float, ...] = INTEREST_COUNT_P,
+             items_per_cluster: int | None = None) -> dict:
     """Write `n_events` events over `days` days ending at `end_ds`; return the summary.
-    `switch_p` and `interest_count_p` set how multi-interest users are (module docstring)."""
+    `switch_p`, `interest_count_p` and `items_per_cluster` (how fine-grained an
+    interest is, when `n_clusters` is not given) set how multi-interest users are
+    (module docstring)."""
     if days < 1 or n_events < 1:
         raise ValueError("days and n_events must be >= 1")
     if not 0.0 < switch_p <= 1.0:
@@ -321,7 +337,8 @@ def generate(out_root: Path, *, end_ds: str, days: int, n_events: int,
     if len(interest_count_p) != MAX_INTERESTS or min(interest_count_p) < 0 \
             or abs(sum(interest_count_p) - 1.0) > 1e-6:
         raise ValueError(f"interest_count_p: {MAX_INTERESTS} probabilities summing to 1")
-    n_users, n_items, n_clusters = default_sizes(n_events, n_users, n_items, n_clusters)
+    n_users, n_items, n_clusters = default_sizes(n_events, n_users, n_items, n_clusters,
+                                                 items_per_cluster)
     if n_users > n_events:
         raise ValueError(f"n_users={n_users} > n_events={n_events}: every user needs an event")
     out_root = Path(out_root)
@@ -419,11 +436,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=20_000, help="normal events in total")
     p.add_argument("--users", type=int, default=None, help=f"default events/{EVENTS_PER_USER}")
     p.add_argument("--items", type=int, default=None, help=f"default events/{EVENTS_PER_ITEM}")
-    p.add_argument("--clusters", type=int, default=None, help="default items/100 in [8, 100]")
+    p.add_argument("--clusters", type=int, default=None,
+                   help="default items/--items-per-cluster, else items/100 in [8, 100]")
+    p.add_argument("--items-per-cluster", type=int, default=None,
+                   help="size of an interest cluster (multi: 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bad-rows", action="store_true", help="inject malformed rows and duplicates")
     p.add_argument("--preset", choices=("default", "multi"), default="default",
-                   help="multi: 3-5 interleaved interests per user (MULTI_INTEREST)")
+                   help="multi: 3-5 interleaved fine-grained interests per user (MULTI_INTEREST)")
     p.add_argument("--switch-p", type=float, default=None,
                    help=f"chance an event starts a new session (default {SWITCH_P}; multi 1.0)")
     p.add_argument("--interest-count-p", default=None,
@@ -435,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         shape["switch_p"] = args.switch_p
     if args.interest_count_p is not None:
         shape["interest_count_p"] = tuple(float(x) for x in args.interest_count_p.split(","))
+    if args.items_per_cluster is not None:
+        shape["items_per_cluster"] = args.items_per_cluster
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     s = generate(args.out, end_ds=args.end_ds, days=args.days, n_events=args.events,

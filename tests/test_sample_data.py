@@ -166,3 +166,19 @@ def test_cli(tmp_path, capsys):
 def test_rejects_impossible_sizes(tmp_path):
     with pytest.raises(ValueError, match="n_users"):
         generate(tmp_path, end_ds=END, days=1, n_events=10, n_users=20)
+    with pytest.raises(ValueError, match="items_per_cluster"):
+        generate(tmp_path, end_ds=END, days=1, n_events=100, items_per_cluster=0)
+
+
+def test_multi_preset_has_fine_grained_clusters(tmp_path):
+    # 3,000 items at ~15 per cluster: 200 clusters, far more than any default (<= 100)
+    s = main(["--out", str(tmp_path), "--end-ds", END, "--days", "1", "--events", "6000",
+              "--items", "3000", "--preset", "multi"])
+    assert s == 0
+    summary = json.loads((tmp_path / "truth" / "summary.json").read_text())
+    assert summary["n_clusters"] == 3000 // 15
+    items = pq.read_table(tmp_path / "truth" / "items.parquet").to_pandas()
+    sizes = items.groupby("cluster_id").size()
+    assert len(sizes) == 200 and sizes.sum() == 3000 and sizes.min() >= 1
+    truth = pq.read_table(tmp_path / "truth" / "user_interests.parquet").to_pandas()
+    assert truth.clusters.map(len).between(3, 5).all()  # the preset's 3..5 interests
