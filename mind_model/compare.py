@@ -203,7 +203,10 @@ def _fmt_interest_report(rep: Mapping[str, Any]) -> str:
              f"- users: {rep['users']}, mean K'_u {rep['k_active_mean']:.2f}, "
              f"K'_u shares {json.dumps({str(k): round(v, 3) for k, v in rep['k_active'].items()})}",
              f"- diversity (mean pairwise cosine between a user's active interests, users with "
-             f"K'_u >= 2; 1 = collapsed): {rep['diversity']:.3f}"]
+             f"K'_u >= 2; 1 = collapsed): {rep['diversity']:.3f}",
+             f"- routing sharpness (1 - normalised entropy of a behaviour's coupling "
+             f"coefficients; 1 = hard clustering, 0 = no routing signal): "
+             f"{rep.get('routing_sharpness', float('nan')):.3f}"]
     rec = rep.get("recovery")
     if rec:
         for view in ("retrieval", "routing"):

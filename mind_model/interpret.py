@@ -47,7 +47,8 @@ from torch import Tensor
 
 from mind_model.data import PROFILE_COLUMNS
 from mind_model.evaluate import ModelRecommender
-from mind_model.metrics import interest_diversity
+from mind_model.metrics import interest_diversity, routing_sharpness
+from mind_model.model import behaviour_mask
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
                     truth: GroundTruth | None = None, candidates: np.ndarray | None = None,
                     n_top: int = 20, batch_size: int = 256) -> dict[str, Any]:
     """Interest diagnostics over the users of an eval table (`read_eval`):
-    {"users", "k_active": {K': share}, "k_active_mean", "diversity"} and, with `truth`,
+    {"users", "k_active": {K': share}, "k_active_mean", "diversity", "routing_sharpness"
+    (`metrics.routing_sharpness`; NaN without routing)} and, with `truth`,
     "recovery": {"retrieval": {...}, "routing": {...}} (`cluster_recovery`, only users
     with known true clusters). `candidates` restricts the retrieval view (default all)."""
     model.eval()
@@ -230,6 +232,7 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
     n = len(samples["hist_len"])
     k_counts: dict[int, int] = {}
     div_sum, div_users = 0.0, 0
+    sharp_sum, sharp_n = 0.0, 0
     ret_mass, rout_mass, true_cl, observed = [], [], [], []
     has_routing = getattr(model, "routing", None) is not None
     for s in range(0, n, batch_size):
@@ -244,14 +247,18 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         if multi:  # interest_diversity averages over users with >= 2 interests: re-weight
             div_sum += interest_diversity(V, mask) * multi
             div_users += multi
+        if has_routing:
+            caps = model.interest_capsules(b["hist"], b["hist_len"])
+            s_sum, s_n = routing_sharpness(caps.coupling, caps.mask,
+                                           behaviour_mask(b["hist"], b["hist_len"]))
+            sharp_sum, sharp_n = sharp_sum + s_sum, sharp_n + s_n
         if truth is None:
             continue
         keep = [i for i, r in enumerate(rows) if int(samples["user_idx"][r]) in truth.user_clusters]
         if not keep:
             continue
         tops = rec.interest_topn(V, n_top).numpy()  # (B, K, n_top)
-        coupling = (model.interest_capsules(b["hist"], b["hist_len"]).coupling  # (B, K, L)
-                    if has_routing else None)
+        coupling = caps.coupling if has_routing else None  # (B, K, L)
         hist, lens = b["hist"].cpu().numpy(), b["hist_len"].cpu().numpy()
         ic = truth.item_cluster
 
@@ -277,6 +284,7 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         "k_active": {int(k): c / n for k, c in sorted(k_counts.items())},
         "k_active_mean": sum(k * c for k, c in k_counts.items()) / n if n else float("nan"),
         "diversity": div_sum / div_users if div_users else float("nan"),
+        "routing_sharpness": sharp_sum / sharp_n if sharp_n else float("nan"),
     }
     if truth is not None:
         rec_out = {"retrieval": cluster_recovery(ret_mass, true_cl, observed), "n_top": n_top}

@@ -11,6 +11,8 @@
 - `hit_rate_at(topn_idx, targets, ns=(10, 50, 100))`: the paper's HitRate@N.
 - `recall_hr_at(topn_idx, target_sets, ns=(20, 50))`: the ComiRec protocol.
 - `interest_diversity(V, mask)`: mean pairwise cosine between active interests.
+- `routing_sharpness(coupling, imask, bmask)`: 1 - normalised entropy of each
+  behaviour's coupling coefficients (1 = hard clustering, 0 = no routing signal).
 Metric functions return {"hr@10": 0.12, ...} of plain floats.
 """
 from __future__ import annotations
@@ -121,3 +123,21 @@ def interest_diversity(V: Tensor, mask: Tensor, eps: float = 1e-8) -> float:
         return float("nan")
     per_user = (cos * pair).sum((1, 2))[keep] / n_pairs[keep]
     return per_user.mean().item()
+
+
+def routing_sharpness(coupling: Tensor, imask: Tensor, bmask: Tensor) -> tuple[float, int]:
+    """How decisively routing assigns behaviours: 1 - H(w_i) / log K'_u per real
+    behaviour i of a user with K'_u >= 2 interests (1 = each behaviour in one
+    interest, 0 = spread evenly, as with no routing signal at all).
+
+    coupling: (B, K, L) w_ij; imask: (B, K) active interests; bmask: (B, L) real
+    behaviours. Returns (sum over behaviours, number of behaviours) so callers can
+    average over batches."""
+    k = imask.sum(1)  # (B,)
+    keep = bmask & (k >= 2)[:, None]  # (B, L)
+    if not keep.any():
+        return 0.0, 0
+    w = coupling.clamp(min=1e-12)
+    ent = -(coupling * w.log()).sum(1)  # (B, L): masked interests have w = 0
+    sharp = 1 - ent / k.clamp(min=2).to(ent.dtype).log()[:, None]
+    return sharp[keep].sum().item(), int(keep.sum())

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mind_model.metrics import hit_rate_at, interest_diversity, recall_hr_at, topn_multi_interest
+from mind_model.metrics import (hit_rate_at, interest_diversity, recall_hr_at, routing_sharpness,
+                                 topn_multi_interest)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -180,3 +181,22 @@ def test_interest_diversity_against_reference():
     same = torch.ones(2, 3, 4)
     assert interest_diversity(same, torch.ones(2, 3, dtype=torch.bool)) == pytest.approx(1.0)
     assert math.isnan(interest_diversity(same, torch.tensor([[True, False, False]] * 2)))
+
+
+def test_routing_sharpness_against_hand_computed_values():
+    # user 0: K'=2; behaviour 0 fully in interest 0 (sharpness 1), behaviour 1 split
+    # (0.5, 0.5) (sharpness 0), position 2 is padding (ignored).
+    # user 1: K'=3 of K=3, one behaviour (0.5, 0.25, 0.25): 1 - H / log 3.
+    # user 2: K'=1 — no choice to make, left out.
+    coupling = torch.tensor([
+        [[1.0, 0.5, 0.3], [0.0, 0.5, 0.7], [0.0, 0.0, 0.0]],
+        [[0.5, 0.0, 0.0], [0.25, 0.0, 0.0], [0.25, 0.0, 0.0]],
+        [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    ])  # (B=3, K=3, L=3)
+    imask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    bmask = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    total, n = routing_sharpness(coupling, imask, bmask)
+    h1 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert n == 3
+    assert total == pytest.approx(1.0 + 0.0 + (1 - h1 / math.log(3)), abs=1e-6)
+    assert routing_sharpness(coupling[2:], imask[2:], bmask[2:]) == (0.0, 0)
