@@ -16,8 +16,11 @@ Writes into out_dir (each file written aside and renamed into place):
 - runs/<variant>/: the training runs (a rerun with the same settings resumes them, so
   finished variants are not trained again);
 - compare.json: settings, per-method metrics, relative improvements, interest report;
-- compare.md: the table (rows = methods; HR@10/50/100, the standard error of HR@50
-  and HR@50's relative improvement over YouTube DNN), then the ComiRec table;
+- compare.md: the table (rows = methods; HR@10/50/100, the standard error of HR@50,
+  HR@50's relative improvement over YouTube DNN and its difference from YouTube DNN
+  with the paired standard error — same users, so far tighter than the HRs' own
+  errors: a difference of two paired SEs is unlikely to be luck of the test users),
+  then the ComiRec table;
 - coupling_heatmap.png: MIND-K's coupling coefficients for a few held-out users
   (the paper's case study, Figure 5);
 - the interest report of MIND-K (`interpret.interest_report`): K'_u distribution,
@@ -165,17 +168,40 @@ def add_relative(methods: dict[str, dict[str, Any]], reference: str = REFERENCE)
             row[f"rel_hr@{n}"] = relative(row[f"hr@{n}"], ref[f"hr@{n}"])
 
 
+def paired_difference(hits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-user difference of two hit vectors on the SAME
+    users: much tighter than the two HRs' own errors when the methods agree on most users."""
+    d = np.asarray(hits, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if d.size < 2:
+        return float(d.mean()) if d.size else float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+def add_paired(methods: dict[str, dict[str, Any]], hits: Mapping[str, np.ndarray],
+               reference: str = REFERENCE) -> None:
+    """methods[m]["diff_hr@50"], ["diff_hr@50_se"]: HR@50 minus the reference's, paired."""
+    if reference not in hits:
+        return
+    for m, h in hits.items():
+        if m in methods:
+            methods[m]["diff_hr@50"], methods[m]["diff_hr@50_se"] = \
+                paired_difference(h, hits[reference])
+
+
 def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
     """The paper's Table 2 layout: one row per method, HR@10/50/100 and the relative
     improvement of HR@50 over YouTube DNN; then the ComiRec metrics when present."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| Method | HR@10 | HR@50 | HR@100 | HR@50 SE | HR@50 vs YouTube DNN |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| Method | HR@10 | HR@50 | HR@100 | HR@50 SE | HR@50 vs YouTube DNN "
+              "| HR@50 − YouTube DNN (paired SE) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for key, row in methods.items():
         rel = row.get("rel_hr@50", float("nan"))
         rel_s = "—" if math.isnan(rel) else f"{rel * 100:+.1f}%"
+        diff, diff_se = row.get("diff_hr@50", float("nan")), row.get("diff_hr@50_se", float("nan"))
+        diff_s = "—" if math.isnan(diff) else f"{diff:+.4f} ({diff_se:.4f})"
         lines.append(f"| {METHOD_NAMES.get(key, key)} | {row['hr@10']:.4f} | {row['hr@50']:.4f} | "
-                     f"{row['hr@100']:.4f} | {row['hr@50_se']:.4f} | {rel_s} |")
+                     f"{row['hr@100']:.4f} | {row['hr@50_se']:.4f} | {rel_s} | {diff_s} |")
     if any("comirec" in r for r in methods.values()):
         lines += ["", "ComiRec protocol (first 80 % of a held-out user's sequence predicts the rest):",
                   "", "| Method | Recall@20 | Recall@50 | HR@20 | HR@50 |", "|---|---:|---:|---:|---:|"]
@@ -259,6 +285,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
     common = dict(overrides or {})
     per_variant = {k: dict(v) for k, v in (variant_overrides or {}).items()}
     methods: dict[str, dict[str, Any]] = {}
+    hits: dict[str, np.ndarray] = {}  # method -> (U,) HR@50 hit of each held-out user
     settings: dict[str, Any] = {"data": str(seq_dir), "split": split, "epochs": epochs,
                                 "max_steps": max_steps, "seed": seed, "nproc": nproc,
                                 "overrides": common, "variant_overrides": per_variant,
@@ -273,7 +300,9 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
             rec = build(name, meta.n_items, meta.active_items,
                         **dict((baseline_params or {}).get(name, {}))).fit(train_samples)
             fit_s = time.perf_counter() - t0
-            row = _metrics_row(evaluate(rec, samples), evaluate_comirec(rec, samples))
+            paper = evaluate(rec, samples, per_user=True)
+            hits[name] = paper.pop("hits")[50]
+            row = _metrics_row(paper, evaluate_comirec(rec, samples))
             row["fit_s"] = fit_s
             methods[name] = row
             log.info("baseline %s: HR@50 %.4f (fit %.0fs)", name, row["hr@50"], fit_s)
@@ -296,7 +325,9 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
         train_s = time.perf_counter() - t0
         model = load_model(result["best"], device)
         rec = ModelRecommender(model, meta.active_items, device=device)
-        row = _metrics_row(evaluate(rec, samples), evaluate_comirec(rec, samples))
+        paper = evaluate(rec, samples, per_user=True)
+        hits[variant] = paper.pop("hits")[50]
+        row = _metrics_row(paper, evaluate_comirec(rec, samples))
         hist = result.get("history") or []
         row.update(train_s=train_s, best_epoch=(result.get("best_valid") or {}).get("epoch"),
                    valid_hr50_by_epoch=[h.get("valid_hr@50") for h in hist],
@@ -308,6 +339,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
                  row["hr@50"], row["best_epoch"], train_s)
 
     add_relative(methods)
+    add_paired(methods, hits)
     order = [m for m in (*BASELINE_ORDER, *VARIANT_ORDER) if m in methods]
     methods = {m: methods[m] for m in order}
 

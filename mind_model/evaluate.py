@@ -161,14 +161,19 @@ def _timing(users: int, seconds: float) -> dict[str, float]:
 
 
 def evaluate(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = (10, 50, 100),
-             batch_size: int = 1024) -> dict[str, float]:
-    """The paper's HitRate@N on an eval table (`read_eval`): {"hr@10": ..., "users", ...}."""
+             batch_size: int = 1024, per_user: bool = False) -> dict[str, Any]:
+    """The paper's HitRate@N on an eval table (`read_eval`): {"hr@10": ..., "users", ...}.
+    With `per_user`, also "hits": {N: (U,) bool array, True where the user's target is in
+    the top N} (for paired comparisons of two recommenders on the same users)."""
     if len(samples["target"]) == 0:
         raise ValueError("no evaluation users")
     top, spent = _recommend_all(rec, samples, max(ns), batch_size)  # (U, max ns)
     targets = torch.as_tensor(np.asarray(samples["target"]))
-    out: dict[str, float] = dict(hit_rate_at(top, targets, ns))
+    out: dict[str, Any] = dict(hit_rate_at(top, targets, ns))
     out.update(_timing(len(top), spent))
+    if per_user:
+        hit = (top == targets.long()[:, None]).numpy()  # (U, max ns)
+        out["hits"] = {n: hit[:, :n].any(1) for n in ns}
     return out
 
 

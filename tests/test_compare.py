@@ -8,10 +8,11 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mind_model.compare import (METHOD_NAMES, add_relative, hr_se, markdown_table,
-                                parse_overrides, relative)
+                                paired_difference, parse_overrides, relative)
 
 DS = "2026-11-28"
 TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=128, batch_size=64, lr=3e-3,
@@ -86,10 +87,14 @@ def test_compare_end_to_end(data, tmp_path):
             shown = float(re.fullmatch(r"([+-][\d.]+)%", cells[4])[1])
             assert shown == pytest.approx(expected * 100, abs=0.051)
     assert methods["youtube"]["rel_hr@50"] == 0.0
+    for key, row in methods.items():  # paired difference: same users, so the HRs subtract
+        assert row["diff_hr@50"] == pytest.approx(row["hr@50"] - ref, abs=1e-6)
+    assert methods["youtube"]["diff_hr@50_se"] == 0.0
 
     rep = js["interests"]
     assert 0 < rep["k_active_mean"] <= 3
     assert -1.0 <= rep["diversity"] <= 1.0
+    assert 0.0 <= rep["routing_sharpness"] <= 1.0
     recovery = rep["recovery"]["retrieval"]
     assert recovery["users"] > 0 and 0.0 <= recovery["coverage"] <= recovery["coverage_ceiling"]
     assert len(rep["heatmap_users"]) == 2
@@ -122,3 +127,14 @@ def test_parse_overrides():
         parse_overrides(["nope=1"])
     with pytest.raises(ValueError):
         parse_overrides(["other.embed_dim=1"])
+
+
+def test_paired_difference_against_hand_computed_values():
+    # 5 users: a hits users 0,1,2; b hits users 0,3. Differences (0, 1, 1, -1, 0):
+    # mean 0.2, sample variance (0.04 + 0.64 + 0.64 + 1.44 + 0.04) / 4 = 0.7
+    a = np.array([1, 1, 1, 0, 0], dtype=bool)
+    b = np.array([1, 0, 0, 1, 0], dtype=bool)
+    diff, se = paired_difference(a, b)
+    assert diff == pytest.approx(0.2)
+    assert se == pytest.approx(math.sqrt(0.7 / 5))
+    assert paired_difference(a, a) == (0.0, 0.0)

@@ -107,6 +107,10 @@ def test_evaluate_matches_brute_force_and_ignores_batching(model, samples, candi
         assert got["seconds"] > 0 and got["users_per_s"] > 0
     # targets outside the catalogue are misses, so some users must be unreachable here
     assert not np.isin(samples["target"], candidates).all()
+    per_user = evaluate(rec, samples, ns=ns, batch_size=4, per_user=True)["hits"]
+    for n in ns:
+        brute = np.array([t in row[:n] for t, row in zip(samples["target"], ref)])
+        np.testing.assert_array_equal(per_user[n], brute)
 
 
 def test_comirec_inputs_split():
