@@ -80,6 +80,8 @@ class TrainConfig:
     pow_p: float = math.inf  # label-aware attention power: inf = hard (paper's best), 0 = uniform
     tower_hidden: tuple[int, ...] = (256,)  # ReLU layers of the user tower
     profile_dim: int = 16  # per profile field
+    side_features: bool = True  # average category/brand into item embeddings (when the data has them)
+    profile_features: bool = True  # concatenate user profile embeddings (when the data has them)
     n_neg: int = 1024  # sampled-softmax negatives per step, shared by the batch (MIND.md: 100s-1000s)
     sampler: str = "log_uniform"  # "log_uniform" over popularity rank, or "popularity"
     logit_scale: float = 1.0  # 1 / temperature on u.e (the vectors are unnormalised)
@@ -140,6 +142,10 @@ class TrainConfig:
         max_len = meta.stats.get("config", {}).get("max_len")
         if max_len:
             overrides["max_len"] = int(max_len)
+        if not self.side_features:
+            overrides.update(n_categories=0, n_brands=0)
+        if not self.profile_features:
+            overrides["profile_vocab"] = {}
         if self.variant == "youtube":
             overrides["n_interests"] = 1  # youtube_dnn below sets pooling="mean"
         cfg = meta.model_config(**overrides)

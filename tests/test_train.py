@@ -282,6 +282,25 @@ def test_too_few_row_groups_is_a_clear_error(seq_dir, tmp_path):
 
 
 @pytest.mark.spark
+def test_side_and_profile_features_can_be_switched_off(seq_dir, tmp_path):
+    meta = load_meta(seq_dir)
+    full = small_cfg(seq_dir, tmp_path / "full").model_config(meta)
+    assert full.n_categories > 2 and full.n_brands > 2 and full.profile_vocab  # the data has them
+    bare_cfg = small_cfg(seq_dir, tmp_path / "bare", side_features=False, profile_features=False,
+                         max_steps=5, eval_every_epoch=False, test_at_end=False)
+    bare = bare_cfg.model_config(meta)
+    assert (bare.n_categories, bare.n_brands, bare.profile_vocab) == (0, 0, {})
+    assert bare.replace(n_categories=full.n_categories, n_brands=full.n_brands,
+                        profile_vocab=full.profile_vocab) == full  # nothing else changed
+    assert train(bare_cfg)["step"] == 5
+    model = load_model(tmp_path / "bare" / "last.pt")
+    assert len(model.items.sides) == 0 and model.profile.fields == ()
+    ev = read_eval(seq_dir, "test")
+    V, mask = model.user_interests(torch.as_tensor(ev["hist"][:8]), torch.as_tensor(ev["hist_len"][:8]))
+    assert torch.isfinite(V).all() and mask.any(1).all()  # no profile needed to serve
+
+
+@pytest.mark.spark
 def test_eval_sample_matches_read_eval(seq_dir):
     ev = train_mod.Evaluator(load_meta(seq_dir), "test", 10_000, 0, torch.device("cpu"))
     assert ev.n_users == len(read_eval(seq_dir, "test")["target"])
