@@ -409,9 +409,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     torch.manual_seed(_rank_seed(cfg.seed, d.rank, start_step))  # routing noise, negatives, shuffling
     if d.active:
         ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        # buffers (item -> side ids, sampler tables) are equal everywhere: no per-step broadcast
-        runner: nn.Module = nn.parallel.DistributedDataParallel(step_module, broadcast_buffers=False,
-                                                                **ddp_kw)
+        # buffers (item -> side ids, sampler tables) are equal everywhere: no per-step sync
+        runner: nn.Module = nn.parallel.DistributedDataParallel(step_module,
+                                                                forward_sync_buffers=False, **ddp_kw)
     else:
         runner = step_module
 
