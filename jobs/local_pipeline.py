@@ -135,6 +135,27 @@ def migrate(env: dict[str, str]) -> None:
         raise SystemExit("airflow db migrate failed")
 
 
+_REFRESH_ASSETS = (
+    "from airflow.jobs.job import Job\n"
+    "from airflow.jobs.scheduler_job_runner import SchedulerJobRunner\n"
+    "SchedulerJobRunner(job=Job())._update_asset_orphanage()\n")
+
+
+def refresh_assets(env: dict[str, str]) -> None:
+    """Re-parse the DAGs into the metadata DB and do the scheduler's asset bookkeeping
+    (dag.test() runs no scheduler): assets no DAG references any more are deactivated and
+    the referenced ones activated. Without it, an asset that an older version of the DAGs
+    declared for the same path (another name, same URI) stays active, and every task using
+    the path fails with AirflowInactiveAssetInInletOrOutletException."""
+    steps = ([sys.executable, "-m", "airflow", "dags", "reserialize"],
+             [sys.executable, "-c", _REFRESH_ASSETS])
+    for cmd in steps:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)
+        if r.returncode:
+            sys.stderr.write(r.stdout[-4000:] + r.stderr[-4000:])
+            raise SystemExit(f"refreshing the DAGs' assets failed: {' '.join(cmd[1:4])}")
+
+
 # ------------------------------------------------------------------------ the DAG run
 
 DAG_TASKS = ("resolve_ds", "build_sequences", "train", "evaluate_gate", "embed_users",
@@ -401,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     out = root / "reports" / run
     out.mkdir(parents=True, exist_ok=True)
     migrate(env)
+    refresh_assets(env)
     dag = run_daily_dag(env, ds, out / "airflow_dag_test.log")
 
     cmp: dict[str, Any] = {"methods": {}, "settings": {"epochs": args.epochs}}
