@@ -158,6 +158,15 @@ def _metrics_row(paper: Mapping[str, float], comirec: Mapping[str, float] | None
     return row
 
 
+def _score(rec, samples: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """Both protocols for one recommender: its table row and each user's HR@50 hit (U,)."""
+    from mind_model.evaluate import evaluate, evaluate_comirec
+
+    paper = evaluate(rec, samples, per_user=True)
+    hit50 = paper.pop("hits")[50]
+    return _metrics_row(paper, evaluate_comirec(rec, samples)), hit50
+
+
 def add_relative(methods: dict[str, dict[str, Any]], reference: str = REFERENCE) -> None:
     """methods[m]["rel_hr@N"] = relative improvement of HR@N over the reference method."""
     if reference not in methods:
@@ -266,7 +275,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
     from mind_model.baselines import build
     from mind_model.checkpoint import load_model
     from mind_model.data import load_meta, read_eval, read_train
-    from mind_model.evaluate import ModelRecommender, evaluate, evaluate_comirec
+    from mind_model.evaluate import ModelRecommender
     from mind_model.train import TrainConfig
 
     t_start = time.time()
@@ -300,9 +309,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
             rec = build(name, meta.n_items, meta.active_items,
                         **dict((baseline_params or {}).get(name, {}))).fit(train_samples)
             fit_s = time.perf_counter() - t0
-            paper = evaluate(rec, samples, per_user=True)
-            hits[name] = paper.pop("hits")[50]
-            row = _metrics_row(paper, evaluate_comirec(rec, samples))
+            row, hits[name] = _score(rec, samples)
             row["fit_s"] = fit_s
             methods[name] = row
             log.info("baseline %s: HR@50 %.4f (fit %.0fs)", name, row["hr@50"], fit_s)
@@ -325,9 +332,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
         train_s = time.perf_counter() - t0
         model = load_model(result["best"], device)
         rec = ModelRecommender(model, meta.active_items, device=device)
-        paper = evaluate(rec, samples, per_user=True)
-        hits[variant] = paper.pop("hits")[50]
-        row = _metrics_row(paper, evaluate_comirec(rec, samples))
+        row, hits[variant] = _score(rec, samples)
         hist = result.get("history") or []
         row.update(train_s=train_s, best_epoch=(result.get("best_valid") or {}).get("epoch"),
                    valid_hr50_by_epoch=[h.get("valid_hr@50") for h in hist],

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mind_model.data import PROFILE_COLUMNS
-from mind_model.metrics import FIRST_IDX, hit_rate_at, recall_hr_at, topn_multi_interest
+from mind_model.metrics import FIRST_IDX, hits_at, recall_hr_at, topn_multi_interest
 from schemas import UNK_IDX
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,11 @@ def evaluate(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = (
     if len(samples["target"]) == 0:
         raise ValueError("no evaluation users")
     top, spent = _recommend_all(rec, samples, max(ns), batch_size)  # (U, max ns)
-    targets = torch.as_tensor(np.asarray(samples["target"]))
-    out: dict[str, Any] = dict(hit_rate_at(top, targets, ns))
+    hits = hits_at(top, torch.as_tensor(np.asarray(samples["target"])), ns)  # {N: (U,) bool}
+    out: dict[str, Any] = {f"hr@{n}": h.float().mean().item() for n, h in hits.items()}
     out.update(_timing(len(top), spent))
     if per_user:
-        hit = (top == targets.long()[:, None]).numpy()  # (U, max ns)
-        out["hits"] = {n: hit[:, :n].any(1) for n in ns}
+        out["hits"] = {n: h.numpy() for n, h in hits.items()}
     return out
 
 

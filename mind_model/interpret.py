@@ -239,7 +239,8 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         rows = np.arange(s, min(s + batch_size, n))
         b = _batch_tensors(samples, rows, device)
         profile = {k: v for k, v in b.items() if k in PROFILE_COLUMNS}
-        V, mask = model.user_interests(b["hist"], b["hist_len"], profile)  # (B, K, D), (B, K)
+        caps = model.interest_capsules(b["hist"], b["hist_len"])  # routing once per batch
+        V, mask = model.interests_from_capsules(caps, profile)  # (B, K, D), (B, K)
         k_active = mask.sum(1).cpu().numpy()
         for k in k_active.tolist():
             k_counts[k] = k_counts.get(k, 0) + 1
@@ -248,7 +249,6 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
             div_sum += interest_diversity(V, mask) * multi
             div_users += multi
         if has_routing:
-            caps = model.interest_capsules(b["hist"], b["hist_len"])
             s_sum, s_n = routing_sharpness(caps.coupling, caps.mask,
                                            behaviour_mask(b["hist"], b["hist_len"]))
             sharp_sum, sharp_n = sharp_sum + s_sum, sharp_n + s_n
@@ -258,7 +258,7 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         if not keep:
             continue
         tops = rec.interest_topn(V, n_top).numpy()  # (B, K, n_top)
-        coupling = caps.coupling if has_routing else None  # (B, K, L)
+        coupling = caps.coupling  # (B, K, L); None for mean pooling
         hist, lens = b["hist"].cpu().numpy(), b["hist_len"].cpu().numpy()
         ic = truth.item_cluster
 

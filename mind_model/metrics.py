@@ -8,7 +8,8 @@
   B x K x N is never materialised. Ids 0 and 1 are never returned (unless n
   exceeds the real catalogue: the rest is then filled with score -inf).
   Ties are ordered by ascending item id.
-- `hit_rate_at(topn_idx, targets, ns=(10, 50, 100))`: the paper's HitRate@N.
+- `hit_rate_at(topn_idx, targets, ns=(10, 50, 100))`: the paper's HitRate@N;
+  `hits_at` gives the per-user hits behind it.
 - `recall_hr_at(topn_idx, target_sets, ns=(20, 50))`: the ComiRec protocol.
 - `interest_diversity(V, mask)`: mean pairwise cosine between active interests.
 - `routing_sharpness(coupling, imask, bmask)`: 1 - normalised entropy of each
@@ -75,12 +76,17 @@ def topn_multi_interest(V: Tensor, mask: Tensor, item_emb: Tensor, n: int,
     return best_s, best_i
 
 
-def hit_rate_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
-    """HitRate@N = share of users whose target is among their top N. topn_idx: (B, >= max ns)."""
+def hits_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)) -> dict[int, Tensor]:
+    """Per user, whether the target is among the top N: {N: (B,) bool}. topn_idx: (B, >= max ns)."""
     if topn_idx.shape[1] < max(ns):
         raise ValueError(f"need top-{max(ns)} lists, got {topn_idx.shape[1]}")
     hit = topn_idx == targets.to(topn_idx.device).long()[:, None]  # (B, M)
-    return {f"hr@{n}": hit[:, :n].any(1).float().mean().item() for n in ns}
+    return {n: hit[:, :n].any(1) for n in ns}
+
+
+def hit_rate_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+    """HitRate@N = share of users whose target is among their top N. topn_idx: (B, >= max ns)."""
+    return {f"hr@{n}": h.float().mean().item() for n, h in hits_at(topn_idx, targets, ns).items()}
 
 
 def recall_hr_at(topn_idx: Tensor, target_sets: Sequence[Iterable[int]],

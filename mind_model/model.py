@@ -11,7 +11,8 @@ Public API
     zero vectors and must be ignored (see `metrics.topn_multi_interest`).
   - `interest_capsules(hist, hist_len, init_logits=None) -> RoutingOutput`:
     the capsules before the user tower, with the coupling coefficients (B,K,L)
-    for the interpretability heat map.
+    for the interpretability heat map; `interests_from_capsules(caps, profile)` is
+    the rest of f_user.
   - `item_embeddings(idx (...)) -> (..., D)`, `all_item_embeddings() -> (n_items, D)`
     (row 0 = padding = zero vector) for the ANN index and full-catalogue eval.
   - `forward(batch) -> (B, D)`: the user vector after label-aware attention on
@@ -312,9 +313,15 @@ class MIND(nn.Module):
                        profile: Mapping[str, Tensor] | None = None,
                        init_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """f_user: (V (B, K, D), mask (B, K) bool). Inactive interests are zeroed."""
-        caps, mask, _ = self.interest_capsules(hist, hist_len, init_logits)
-        V = self.tower(caps, self.profile(profile))  # (B, K, D)
-        return V * mask[:, :, None].to(V.dtype), mask
+        return self.interests_from_capsules(self.interest_capsules(hist, hist_len, init_logits),
+                                            profile)
+
+    def interests_from_capsules(self, caps: RoutingOutput,
+                                profile: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The user tower on `interest_capsules` output (for callers that also need the
+        coupling): (V (B, K, D), mask (B, K)), inactive interests zeroed."""
+        V = self.tower(caps.capsules, self.profile(profile))  # (B, K, D)
+        return V * caps.mask[:, :, None].to(V.dtype), caps.mask
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """User vector after label-aware attention on batch["target"]: (B, D)."""
