@@ -139,6 +139,12 @@ class B2IRouting(nn.Module):
     0; z_j = sum_i w_ij e_hat_i; u_j = squash(z_j); b_ij += u_j . e_hat_i.
     e_hat is detached in all but the last of the r iterations, so gradients
     reach S (and the embeddings) through the final iteration only.
+
+    S starts as the identity, so capsules start in the item-embedding space that the
+    labels live in, and train.py gives it a tenth of the learning rate. With nn.Linear's
+    random init (scale ~0.6, smallest singular values ~0) MIND-1 trailed mean pooling
+    on Amazon Beauty (valid HR@50, 3 seeds: 0.199 vs 0.208); a random orthogonal init
+    did not help (0.199), identity + 0.1x lr did (0.212).
     """
 
     def __init__(self, dim: int, n_interests: int, iters: int = 3, sigma: float = 1.0,
@@ -146,6 +152,8 @@ class B2IRouting(nn.Module):
         super().__init__()
         self.k, self.iters, self.sigma, self.dynamic, self.seed = n_interests, iters, sigma, dynamic, seed
         self.S = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self.S.weight.copy_(torch.eye(dim))
         self._eval_noise = torch.empty(0, n_interests)  # (L', K) cache; NOT a buffer: derived from seed
 
     def eval_noise(self, length: int) -> Tensor:

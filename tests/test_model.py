@@ -409,3 +409,10 @@ def test_tiny_end_to_end_overfit_ranks_target_first(k):
     # toy user another interest may still point at some other item, so top-1 by max
     # over interests is a little below the label-aware top-1 for K > 1.
     assert hit[:, 0].float().mean() >= (1.0 if k == 1 else 0.8)
+
+
+def test_routing_map_starts_as_the_identity():
+    # capsules start in the item-embedding space (the label space): S e = e at init
+    r = B2IRouting(dim=8, n_interests=3)
+    assert torch.equal(r.S.weight, torch.eye(8))
+    assert r.S.weight.requires_grad  # S is still learnt

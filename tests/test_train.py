@@ -22,7 +22,7 @@ from mind_model.data import PROFILE_COLUMNS, load_meta, read_eval
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.model import MIND
 from mind_model.reader import row_group_rows, shard_rows, train_batches
-from mind_model.train import TrainConfig, TrainStep, params_sha256, train
+from mind_model.train import TrainConfig, TrainStep, param_groups, params_sha256, train
 
 from tests.conftest import build_generated_sequences
 
@@ -298,6 +298,23 @@ def test_side_and_profile_features_can_be_switched_off(seq_dir, tmp_path):
     ev = read_eval(seq_dir, "test")
     V, mask = model.user_interests(torch.as_tensor(ev["hist"][:8]), torch.as_tensor(ev["hist_len"][:8]))
     assert torch.isfinite(V).all() and mask.any(1).all()  # no profile needed to serve
+
+
+def test_routing_map_learns_at_its_own_rate(tmp_path):
+    cfg = TrainConfig(data_dir=tmp_path, out_dir=tmp_path, lr=2e-3, routing_lr_scale=0.1)
+    model = MIND(ModelConfig(n_items=20, embed_dim=8, n_interests=2, n_neg=4))
+    step = TrainStep(model, SampledSoftmaxLoss(20, 4))
+    groups = param_groups(step, cfg)
+    assert [len(g["params"]) for g in groups] == [len(list(step.parameters())) - 1, 1]
+    assert groups[1]["params"][0] is model.routing.S.weight and groups[1]["lr"] == pytest.approx(2e-4)
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-4])
+    # YouTube DNN has no routing map: one group
+    yt = TrainStep(MIND(ModelConfig(n_items=20, embed_dim=8, n_interests=1, pooling="mean")),
+                   SampledSoftmaxLoss(20, 4))
+    assert len(param_groups(yt, cfg)) == 1
+    with pytest.raises(ValueError, match="routing_lr_scale"):
+        TrainConfig(data_dir=tmp_path, out_dir=tmp_path, routing_lr_scale=-1)
 
 
 @pytest.mark.spark
