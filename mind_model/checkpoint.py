@@ -7,6 +7,7 @@ A checkpoint is a dict of plain Python values and tensors only, so that
      "train_config": {...},                    # TrainConfig as plain values
      "model": state_dict,                      # parameters + item side buffers
      "optimizer": state_dict | None,           # Adam moments and step counts (resume)
+     "optimizer_params": [name, ...] | None,   # parameter names in the optimizer's order
      "step": int, "epoch": int,                # global optimiser steps / epochs completed
      "best": {...}, "meta": {...}, "history": [...]}
 
@@ -15,6 +16,10 @@ A checkpoint is a dict of plain Python values and tensors only, so that
 - `load_checkpoint(path)`, `load_model(path, device)` (eval mode, item side restored).
 - `warm_start(model, previous_path)`: yesterday's parameters into today's model,
   growing embedding tables whose vocabulary grew (ids are stable across days).
+- `optimizer_param_names(optimizer, module)` / `load_optimizer_state(optimizer, module,
+  ckpt)`: the optimizer state matched to parameters by name, so a run resumes from a
+  checkpoint whose optimizer grouped the parameters differently (e.g. one written before
+  the routing map S got its own learning rate).
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ def plain(value: Any) -> Any:
 
 def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelConfig,
                     optimizer: torch.optim.Optimizer | None = None,
+                    optimizer_params: list[str] | None = None,
                     train_config: Mapping[str, Any] | None = None, step: int = 0, epoch: int = 0,
                     best: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
                     history: list[Mapping[str, Any]] | None = None) -> Path:
@@ -72,6 +78,7 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelCo
         "train_config": plain(dict(train_config or {})),
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_params": list(optimizer_params) if optimizer is not None and optimizer_params else None,
         "step": int(step),
         "epoch": int(epoch),
         "best": plain(dict(best or {})),
@@ -102,6 +109,41 @@ def load_model(path: Path | str | Mapping[str, Any], device: str | torch.device 
     model = MIND(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"], strict=True)  # item_category / item_brand are buffers
     return model.to(device).eval()
+
+
+def optimizer_param_names(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[str]:
+    """Names (in `module`) of the optimizer's parameters, in its state-dict order."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module,
+                         ckpt: Mapping[str, Any]) -> None:
+    """Restore ckpt["optimizer"] into `optimizer`, whose parameters belong to `module`.
+
+    The saved per-parameter state (Adam moments, step) is matched by parameter name, so
+    the grouping may differ from the saved one; the current groups keep their settings
+    (learning rates). Checkpoints without "optimizer_params" were written with a single
+    group over `module.named_parameters()`. A different set of parameters raises.
+    """
+    saved = ckpt["optimizer"]
+    current = optimizer_param_names(optimizer, module)
+    saved_names = ckpt.get("optimizer_params") or [n for n, _ in module.named_parameters()]
+    saved_index = [i for g in saved["param_groups"] for i in g["params"]]
+    if len(saved_index) != len(saved_names) or sorted(saved_names) != sorted(current):
+        raise ValueError("the checkpoint's optimizer state is for other parameters "
+                         f"({len(saved_index)} saved, {len(current)} now); use a fresh out_dir")
+    same_groups = [len(g["params"]) for g in saved["param_groups"]] == \
+        [len(g["params"]) for g in optimizer.param_groups]
+    if saved_names == current and same_groups:
+        optimizer.load_state_dict(saved)  # same layout: restore exactly, group settings included
+        return
+    by_name = dict(zip(saved_names, saved_index))
+    state = optimizer.state_dict()
+    state["state"] = {k: saved["state"][by_name[name]] for k, name in enumerate(current)
+                      if by_name[name] in saved["state"]}
+    optimizer.load_state_dict(state)
+    log.info("optimizer state matched by parameter name (the saved grouping differs)")
 
 
 def _embedding_tables(model: nn.Module) -> set[str]:

@@ -51,7 +51,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mind_model.checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
+from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
+                                   optimizer_param_names, save_checkpoint, warm_start)
 from mind_model.config import ModelConfig, mind_1, youtube_dnn
 from mind_model.data import PROFILE_COLUMNS, DatasetMeta, load_meta, read_eval
 from mind_model.loss import SampledSoftmaxLoss
@@ -414,7 +415,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             raise ValueError(f"{last_path} holds a different model (config differs from this run's); "
                              f"use a fresh out_dir or resume=False")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, step_module, ckpt)
         start_step, best, history = int(ckpt["step"]), dict(ckpt["best"]), list(ckpt["history"])
         resumed_from = str(last_path)
         if d.main:
@@ -451,7 +452,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
 
     def save(path: Path, step: int, with_optimizer: bool = True) -> None:
         save_checkpoint(path, model=model, model_config=mcfg, train_config=cfg.to_dict(),
-                        optimizer=optimizer if with_optimizer else None, step=step,
+                        optimizer=optimizer if with_optimizer else None,
+                        optimizer_params=optimizer_param_names(optimizer, step_module), step=step,
                         epoch=step // spe, best=best, meta=run_meta, history=history)
 
     step, stopped = start_step, None

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import mind_model.train as train_mod
-from mind_model.checkpoint import load_checkpoint, load_model, save_checkpoint, warm_start
+from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
+                                   optimizer_param_names, save_checkpoint, warm_start)
 from mind_model.config import ModelConfig
 from mind_model.data import PROFILE_COLUMNS, load_meta, read_eval
 from mind_model.loss import SampledSoftmaxLoss
@@ -315,6 +316,43 @@ def test_routing_map_learns_at_its_own_rate(tmp_path):
     assert len(param_groups(yt, cfg)) == 1
     with pytest.raises(ValueError, match="routing_lr_scale"):
         TrainConfig(data_dir=tmp_path, out_dir=tmp_path, routing_lr_scale=-1)
+
+
+def test_optimizer_state_is_matched_by_name_across_a_regrouping(tmp_path):
+    # A checkpoint written before S had its own learning rate: one Adam group over
+    # named_parameters(), no "optimizer_params". Resuming it must not fail (the daily
+    # DAG resumes finished runs) and every parameter must get its own moments back.
+    cfg = TrainConfig(data_dir=tmp_path, out_dir=tmp_path, lr=2e-3, routing_lr_scale=0.1)
+    model = MIND(ModelConfig(n_items=20, embed_dim=8, n_interests=2, n_neg=4))
+    step = TrainStep(model, SampledSoftmaxLoss(20, 4))
+    old = torch.optim.Adam(step.parameters(), lr=cfg.lr)
+    for _ in range(3):
+        for p in step.parameters():
+            p.grad = torch.randn_like(p)
+        old.step()
+    new = torch.optim.Adam(param_groups(step, cfg), lr=cfg.lr)
+    # the regrouping really changed the order: S moved to the end
+    assert optimizer_param_names(new, step) != [n for n, _ in step.named_parameters()]
+    load_optimizer_state(new, step, {"optimizer": old.state_dict()})
+    for p in step.parameters():
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        assert torch.equal(new.state[p]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
+        assert int(new.state[p]["step"]) == 3
+    assert [g["lr"] for g in new.param_groups] == pytest.approx([2e-3, 2e-4])  # today's rates
+
+    # a checkpoint that names its parameters round-trips exactly
+    path = save_checkpoint(tmp_path / "last.pt", model=model, model_config=model.cfg, optimizer=new,
+                           optimizer_params=optimizer_param_names(new, step))
+    again = torch.optim.Adam(param_groups(step, cfg), lr=cfg.lr)
+    load_optimizer_state(again, step, load_checkpoint(path))
+    for p in step.parameters():
+        assert torch.equal(again.state[p]["exp_avg"], new.state[p]["exp_avg"])
+
+    # another model's optimizer state is refused
+    yt = TrainStep(MIND(ModelConfig(n_items=20, embed_dim=8, n_interests=1, pooling="mean")),
+                   SampledSoftmaxLoss(20, 4))
+    with pytest.raises(ValueError, match="other parameters"):
+        load_optimizer_state(torch.optim.Adam(yt.parameters()), yt, {"optimizer": old.state_dict()})
 
 
 @pytest.mark.spark
