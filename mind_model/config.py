@@ -30,6 +30,7 @@ class ModelConfig:
     profile_dim: int = 16  # embedding size of each profile field (concatenated)
     # --- sizes
     embed_dim: int = 64  # d: item embeddings, interest capsules and user vectors
+    embed_init_std: float = 0.0  # std of the id embeddings at init; 0 = embed_dim ** -0.5 (|row| ~ 1)
     max_len: int = 50  # L: behaviours kept per user (the last L before the target)
     tower_hidden: tuple[int, ...] = (256,)  # ReLU layers of the user tower; () = one linear map
     # --- multi-interest extractor
@@ -58,7 +59,8 @@ class ModelConfig:
             raise ValueError("pooling='mean' (YouTube DNN) needs n_interests=1; use youtube_dnn(cfg)")
         if self.pow_p < 0 or math.isnan(self.pow_p):
             raise ValueError(f"pow_p must be >= 0 (inf allowed), got {self.pow_p}")
-        if min(self.n_categories, self.n_brands, self.embed_dim, self.max_len, self.n_neg) < 0:
+        if min(self.n_categories, self.n_brands, self.embed_dim, self.max_len, self.n_neg,
+               self.embed_init_std) < 0:
             raise ValueError("sizes must be >= 0")
         if any(v < 0 for v in self.profile_vocab.values()):
             raise ValueError("profile vocabulary sizes must be >= 0")

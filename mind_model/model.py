@@ -76,7 +76,8 @@ class ItemEmbedding(nn.Module):
     function from item ids alone. Padding (0) embeds to the zero vector.
     """
 
-    def __init__(self, n_items: int, dim: int, n_categories: int = 0, n_brands: int = 0):
+    def __init__(self, n_items: int, dim: int, n_categories: int = 0, n_brands: int = 0,
+                 init_std: float = 0.0):
         super().__init__()
         if n_items < 2:
             raise ValueError("n_items counts padding and unknown, so it must be >= 2")
@@ -91,8 +92,8 @@ class ItemEmbedding(nn.Module):
                 side[PAD_IDX] = PAD_IDX
                 self.register_buffer(f"item_{name}", side)  # persistent: saved in checkpoints
         for emb in (self.item, *self.sides.values()):
-            # |e| ~ 1 at init: unit-variance N(0,1) rows would give huge initial logits
-            nn.init.normal_(emb.weight, std=dim ** -0.5)
+            # default |row| ~ 1 at init: unit-variance N(0,1) rows would give huge initial logits
+            nn.init.normal_(emb.weight, std=init_std or dim ** -0.5)
             with torch.no_grad():
                 emb.weight[PAD_IDX].zero_()
 
@@ -283,7 +284,7 @@ class MIND(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embed_dim
-        self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands)
+        self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands, cfg.embed_init_std)
         self.routing = (B2IRouting(d, cfg.n_interests, cfg.routing_iters, cfg.routing_sigma,
                                    cfg.dynamic_interests, cfg.routing_seed)
                         if cfg.pooling == "routing" else None)

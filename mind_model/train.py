@@ -74,6 +74,7 @@ class TrainConfig:
     # --- model (the rest of ModelConfig comes from the data: vocabulary sizes, L)
     variant: str = "mind"  # "mind" (routing, K interests), "mind1" (K = 1), "youtube" (mean pooling)
     embed_dim: int = 64  # d
+    embed_init_std: float = 0.0  # id embeddings' init std; 0 = embed_dim ** -0.5
     n_interests: int = 4  # K (mind only); the paper uses 3..5
     routing_iters: int = 3  # r
     routing_sigma: float = 1.0  # std of the initial routing logits
@@ -138,7 +139,7 @@ class TrainConfig:
     def model_config(self, meta: DatasetMeta) -> ModelConfig:
         """ModelConfig sized to the data, with this run's overrides and variant."""
         overrides: dict[str, Any] = dict(
-            embed_dim=self.embed_dim, n_interests=self.n_interests,
+            embed_dim=self.embed_dim, embed_init_std=self.embed_init_std, n_interests=self.n_interests,
             routing_iters=self.routing_iters, routing_sigma=self.routing_sigma,
             dynamic_interests=self.dynamic_interests, pow_p=self.pow_p,
             tower_hidden=self.tower_hidden, profile_dim=self.profile_dim, n_neg=self.n_neg,
