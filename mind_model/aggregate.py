@@ -1,0 +1,129 @@
+"""Several `compare` runs summarised as one table: mean HRs and the mean paired
+difference from YouTube DNN with its standard error across the runs.
+
+    python -m mind_model.aggregate RUN_DIR [RUN_DIR ...] [--out DIR] [--metric hr@50]
+
+One compare run on ~1,000 held-out users cannot separate models whose HR@50 differs
+by less than ~0.01: both the training seed and the draw of test users move it that
+much. Repeat compare with several seeds and, better, several user splits (build the
+sequences again with another `--seed`: a different 19:1 split and other targets), then
+aggregate. The SE here is the spread of the per-run differences, sd / sqrt(R): it
+includes both sources of noise only when the runs use different splits; runs that
+share one split share its test users, so their SE measures the training seed alone
+(the report says how many distinct test sets there are).
+
+`aggregate(runs)` is the pure core (list of compare.json dicts -> summary dict);
+`markdown(summary)` renders it. With --out, summary.json and summary.md are written
+there (each aside, then renamed into place).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mind_model.compare import METHOD_NAMES, PAPER_NS, REFERENCE, _atomic_write
+
+METRICS = tuple(f"hr@{n}" for n in PAPER_NS)
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error sd / sqrt(n) (sample sd, n - 1); SE is nan for n < 2."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
+              reference: str = REFERENCE) -> dict[str, Any]:
+    """Summary of compare.json dicts. Every method present in all runs is summarised;
+    a run without the reference method is an error (its differences are undefined)."""
+    if not runs:
+        raise ValueError("no compare runs to aggregate")
+    for i, run in enumerate(runs):
+        if reference not in run.get("methods", {}):
+            raise ValueError(f"run {i} ({run.get('settings', {}).get('data')}) has no "
+                             f"{reference!r} method to compare against")
+    common = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+    test_sets = sorted({(str(r["settings"].get("data")), str(r["settings"].get("split")))
+                        for r in runs})
+    methods: dict[str, dict[str, Any]] = {}
+    for m in common:
+        rows = [r["methods"][m] for r in runs]
+        row: dict[str, Any] = {"runs": [float(x[metric]) for x in rows]}
+        for k in METRICS:
+            row[f"mean_{k}"] = mean_se([float(x[k]) for x in rows])[0]
+        diffs = [float(r["methods"][m][metric]) - float(r["methods"][reference][metric])
+                 for r in runs]
+        row["mean_diff"], row["diff_se"] = mean_se(diffs)
+        row["diffs"] = diffs
+        row["runs_at_least_reference"] = sum(d >= 0 for d in diffs)
+        methods[m] = row
+    return {"metric": metric, "reference": reference, "n_runs": len(runs),
+            "test_sets": [{"data": d, "split": s} for d, s in test_sets],
+            "users": [int(r["methods"][reference].get("users", 0)) for r in runs],
+            "methods": methods}
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    metric, ref = summary["metric"], summary["reference"]
+    n, sets = summary["n_runs"], len(summary["test_sets"])
+    lines = [f"{n} compare runs on {sets} distinct test set(s), {sum(summary['users'])} "
+             f"user evaluations in all. SE = sd of the per-run differences / sqrt({n})"
+             + ("; all runs share one test set, so it measures the training seed only, not "
+                "the luck of the test users." if sets == 1 < n else
+                "; some runs share a test set, so it understates the test users' noise."
+                if sets < n else "."), "",
+             f"| Method | {metric}, per run | " + " | ".join(f"mean {k.upper()}" for k in METRICS)
+             + f" | mean {metric.upper()} − {METHOD_NAMES.get(ref, ref)} (SE) | runs ≥ {METHOD_NAMES.get(ref, ref)} |",
+             "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|"]
+    for m, row in summary["methods"].items():
+        per_run = " / ".join(f"{v:.3f}" for v in row["runs"])
+        diff = "—" if m == ref else (f"{row['mean_diff']:+.4f} ({row['diff_se']:.4f})"
+                                     if not math.isnan(row["diff_se"]) else f"{row['mean_diff']:+.4f}")
+        wins = "—" if m == ref else f"{row['runs_at_least_reference']}/{n}"
+        lines.append(f"| {METHOD_NAMES.get(m, m)} | {per_run} | "
+                     + " | ".join(f"{row[f'mean_{k}']:.4f}" for k in METRICS)
+                     + f" | {diff} | {wins} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """compare.json of a compare output folder (or the file itself)."""
+    f = path / "compare.json" if path.is_dir() else path
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no compare.json (is {path} a finished compare output?)")
+    return json.loads(f.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="compare output folders (or compare.json files)")
+    p.add_argument("--out", type=Path, default=None, help="write summary.json and summary.md here")
+    p.add_argument("--metric", default="hr@50", choices=METRICS)
+    args = p.parse_args(argv)
+    try:
+        summary = aggregate([load_run(r) for r in args.runs], metric=args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"aggregate: {e}", file=sys.stderr)
+        return 2
+    summary["run_dirs"] = [str(r) for r in args.runs]
+    text = markdown(summary)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _atomic_write(args.out / "summary.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""aggregate: several compare runs -> mean HRs and the mean paired difference from
+YouTube DNN with its SE across runs, checked against hand-computed values."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mind_model.aggregate import aggregate, main, markdown, mean_se
+
+
+def _run(data: str, hr: dict[str, float]) -> dict:
+    """A compare.json with the fields aggregate reads: HR@10/50/100 = hr, hr/2, 2*hr... per method."""
+    return {"settings": {"data": data, "split": "test"},
+            "methods": {m: {"hr@10": v / 2, "hr@50": v, "hr@100": 2 * v, "users": 100}
+                        for m, v in hr.items()}}
+
+
+RUNS = [_run("a", {"youtube": 0.20, "mind1": 0.22, "mind": 0.25}),
+        _run("b", {"youtube": 0.30, "mind1": 0.29, "mind": 0.31}),
+        _run("c", {"youtube": 0.10, "mind1": 0.13, "mind": 0.13, "popularity": 0.05})]
+
+
+def test_mean_se_by_hand():
+    # values 1, 2, 6: mean 3, sample var ((4 + 1 + 9) / 2) = 7, SE = sqrt(7 / 3)
+    mean, se = mean_se([1.0, 2.0, 6.0])
+    assert mean == pytest.approx(3.0) and se == pytest.approx(math.sqrt(7 / 3))
+    assert math.isnan(mean_se([0.5])[1]) and math.isnan(mean_se([])[0])
+
+
+def test_aggregate_by_hand():
+    s = aggregate(RUNS)
+    assert s["n_runs"] == 3 and len(s["test_sets"]) == 3 and s["users"] == [100, 100, 100]
+    assert list(s["methods"]) == ["youtube", "mind1", "mind"]  # popularity is not in every run
+    mind = s["methods"]["mind"]
+    # differences .05, .01, .03: mean .03, sample sd .02, SE .02 / sqrt(3)
+    assert mind["diffs"] == pytest.approx([0.05, 0.01, 0.03])
+    assert mind["mean_diff"] == pytest.approx(0.03)
+    assert mind["diff_se"] == pytest.approx(0.02 / math.sqrt(3))
+    assert mind["mean_hr@50"] == pytest.approx(0.23) and mind["mean_hr@100"] == pytest.approx(0.46)
+    assert mind["runs_at_least_reference"] == 3
+    mind1 = s["methods"]["mind1"]  # .02, -.01, .03
+    assert mind1["mean_diff"] == pytest.approx(0.04 / 3) and mind1["runs_at_least_reference"] == 2
+    assert s["methods"]["youtube"]["mean_diff"] == 0.0
+    # another metric: HR@10 differences are half of HR@50's here
+    assert aggregate(RUNS, metric="hr@10")["methods"]["mind"]["mean_diff"] == pytest.approx(0.015)
+
+
+def test_markdown_rows_and_shared_split_warning():
+    md = markdown(aggregate(RUNS))
+    row = next(line for line in md.splitlines() if line.startswith("| MIND-K |"))
+    assert "0.250 / 0.310 / 0.130" in row and "+0.0300 (0.0115)" in row and "3/3" in row
+    assert "3 distinct test set(s)" in md and "training seed only" not in md
+    same = [_run("a", {"youtube": 0.2, "mind": 0.21}), _run("a", {"youtube": 0.22, "mind": 0.2})]
+    assert "training seed only" in markdown(aggregate(same))
+
+
+def test_missing_reference_is_an_error():
+    with pytest.raises(ValueError, match="youtube"):
+        aggregate([_run("a", {"mind": 0.2})])
+    with pytest.raises(ValueError, match="no compare runs"):
+        aggregate([])
+
+
+def test_cli_writes_summary(tmp_path, capsys):
+    dirs = []
+    for i, run in enumerate(RUNS):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "compare.json").write_text(json.dumps(run))
+        dirs.append(str(d))
+    assert main([*dirs, "--out", str(tmp_path / "summary")]) == 0
+    summary = json.loads((tmp_path / "summary" / "summary.json").read_text())
+    assert summary["methods"]["mind"]["mean_diff"] == pytest.approx(0.03)
+    assert summary["run_dirs"] == dirs
+    assert "MIND-K" in (tmp_path / "summary" / "summary.md").read_text()
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no compare.json" in capsys.readouterr().err
