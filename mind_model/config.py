@@ -38,6 +38,7 @@ class ModelConfig:
     n_interests: int = 4  # K; the paper uses 3..5 (Amazon Books: 3)
     routing_iters: int = 3  # r
     routing_sigma: float = 1.0  # std of the initial routing logits
+    routing_init_scale: float = 1.0  # S starts as this times the identity
     dynamic_interests: bool = True  # K'_u = max(1, min(K, floor(log2 |I_u|)))
     routing_seed: int = 0  # seed of the fixed initial logits used in eval mode
     # --- label-aware attention

@@ -149,12 +149,12 @@ class B2IRouting(nn.Module):
     """
 
     def __init__(self, dim: int, n_interests: int, iters: int = 3, sigma: float = 1.0,
-                 dynamic: bool = True, seed: int = 0):
+                 dynamic: bool = True, seed: int = 0, init_scale: float = 1.0):
         super().__init__()
         self.k, self.iters, self.sigma, self.dynamic, self.seed = n_interests, iters, sigma, dynamic, seed
         self.S = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
-            self.S.weight.copy_(torch.eye(dim))
+            self.S.weight.copy_(torch.eye(dim) * init_scale)
         self._eval_noise = torch.empty(0, n_interests)  # (L', K) cache; NOT a buffer: derived from seed
 
     def eval_noise(self, length: int) -> Tensor:
@@ -286,7 +286,7 @@ class MIND(nn.Module):
         d = cfg.embed_dim
         self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands, cfg.embed_init_std)
         self.routing = (B2IRouting(d, cfg.n_interests, cfg.routing_iters, cfg.routing_sigma,
-                                   cfg.dynamic_interests, cfg.routing_seed)
+                                   cfg.dynamic_interests, cfg.routing_seed, cfg.routing_init_scale)
                         if cfg.pooling == "routing" else None)
         self.profile = ProfileEmbedding(cfg.profile_vocab, cfg.profile_dim)
         self.tower = UserTower(d, self.profile.out_dim, cfg.tower_hidden)

@@ -78,6 +78,7 @@ class TrainConfig:
     n_interests: int = 4  # K (mind only); the paper uses 3..5
     routing_iters: int = 3  # r
     routing_sigma: float = 1.0  # std of the initial routing logits
+    routing_init_scale: float = 1.0  # S starts as this times the identity
     dynamic_interests: bool = True  # K'_u = max(1, min(K, floor(log2 |I_u|)))
     pow_p: float = math.inf  # label-aware attention power: inf = hard (paper's best), 0 = uniform
     tower_hidden: tuple[int, ...] = (256,)  # ReLU layers of the user tower
@@ -141,6 +142,7 @@ class TrainConfig:
         overrides: dict[str, Any] = dict(
             embed_dim=self.embed_dim, embed_init_std=self.embed_init_std, n_interests=self.n_interests,
             routing_iters=self.routing_iters, routing_sigma=self.routing_sigma,
+            routing_init_scale=self.routing_init_scale,
             dynamic_interests=self.dynamic_interests, pow_p=self.pow_p,
             tower_hidden=self.tower_hidden, profile_dim=self.profile_dim, n_neg=self.n_neg,
             sampler=self.sampler, logit_scale=self.logit_scale)

@@ -416,3 +416,20 @@ def test_routing_map_starts_as_the_identity():
     r = B2IRouting(dim=8, n_interests=3)
     assert torch.equal(r.S.weight, torch.eye(8))
     assert r.S.weight.requires_grad  # S is still learnt
+    # a larger start scales every e_hat, sharpening routing (agreement u . Se vs sigma)
+    cfg = ModelConfig(n_items=30, embed_dim=8, max_len=8, n_interests=2, routing_init_scale=3.0)
+    assert torch.equal(MIND(cfg).routing.S.weight, 3.0 * torch.eye(8))
+    assert ModelConfig.from_dict(cfg.to_dict()).routing_init_scale == 3.0  # saved in checkpoints
+
+
+def test_embedding_init_std():
+    torch.manual_seed(0)
+    default = MIND(ModelConfig(n_items=5000, n_categories=2000, embed_dim=16, max_len=8))
+    wide = MIND(ModelConfig(n_items=5000, n_categories=2000, embed_dim=16, max_len=8, embed_init_std=0.5))
+    for model, std in ((default, 16 ** -0.5), (wide, 0.5)):
+        for emb in (model.items.item, model.items.sides["category"]):
+            w = emb.weight.detach()
+            assert torch.equal(w[0], torch.zeros(16))  # padding row stays zero
+            assert w[1:].std().item() == pytest.approx(std, rel=0.05)
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        ModelConfig(n_items=10, embed_init_std=-1.0)
