@@ -103,6 +103,13 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
+def same_model(ckpt: Mapping[str, Any], cfg: ModelConfig) -> bool:
+    """Does the checkpoint hold a model with config `cfg`? The saved config is read with
+    `ModelConfig.from_dict`, so a checkpoint written before a config field existed
+    counts as that field's default (an upgraded daily run still resumes)."""
+    return ModelConfig.from_dict(ckpt["model_config"]).to_dict() == cfg.to_dict()
+
+
 def load_model(path: Path | str | Mapping[str, Any], device: str | torch.device = "cpu") -> MIND:
     """MIND rebuilt from the checkpoint's config, weights and item side ids; eval mode."""
     ckpt = path if isinstance(path, Mapping) else load_checkpoint(path)

@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
+from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state, same_model,
                                    optimizer_param_names, save_checkpoint, warm_start)
 from mind_model.config import ModelConfig, mind_1, youtube_dnn
 from mind_model.data import PROFILE_COLUMNS, DatasetMeta, load_meta, read_eval
@@ -415,7 +415,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     start_step, best, history, resumed_from = 0, {}, [], None
     if cfg.resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
-        if ckpt["model_config"] != mcfg.to_dict():
+        if not same_model(ckpt, mcfg):
             raise ValueError(f"{last_path} holds a different model (config differs from this run's); "
                              f"use a fresh out_dir or resume=False")
         model.load_state_dict(ckpt["model"])

@@ -149,6 +149,25 @@ def test_resume_refuses_a_different_model(seq_dir, tmp_path):
 
 
 @pytest.mark.spark
+def test_checkpoint_from_before_a_config_field_existed_resumes(seq_dir, tmp_path):
+    # Checkpoints written by an older version lack newer ModelConfig fields; with the
+    # fields at their defaults they are the same model and must resume (a daily run
+    # after an upgrade), not be refused as "a different model".
+    out = tmp_path / "run"
+    kw = dict(epochs=100, eval_every_epoch=False, test_at_end=False)
+    train(small_cfg(seq_dir, out, max_steps=2, **kw))
+    ckpt = load_checkpoint(out / "last.pt")
+    for newer in ("embed_init_std", "routing_init_scale"):
+        del ckpt["model_config"][newer]
+    torch.save(ckpt, out / "last.pt")
+    r = train(small_cfg(seq_dir, out, max_steps=4, **kw))
+    assert r["start_step"] == 2 and r["step"] == 4
+    # a non-default value of such a field is still a different model
+    with pytest.raises(ValueError, match="different model"):
+        train(small_cfg(seq_dir, out, max_steps=6, routing_init_scale=2.0, **kw))
+
+
+@pytest.mark.spark
 def test_train_warm_starts_from_a_previous_run(seq_dir, tmp_path):
     kw = dict(eval_every_epoch=False, test_at_end=False)
     prev = train(small_cfg(seq_dir, tmp_path / "day1", max_steps=5, **kw))
