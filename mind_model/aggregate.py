@@ -7,10 +7,10 @@ One compare run on ~1,000 held-out users cannot separate models whose HR@50 diff
 by less than ~0.01: both the training seed and the draw of test users move it that
 much. Repeat compare with several seeds and, better, several user splits (build the
 sequences again with another `--seed`: a different 19:1 split and other targets), then
-aggregate. The SE here is the spread of the per-run differences, sd / sqrt(R): it
-includes both sources of noise only when the runs use different splits; runs that
-share one split share its test users, so their SE measures the training seed alone
-(the report says how many distinct test sets there are).
+aggregate. Runs on the same test set are averaged first and the SE is the spread of
+the test sets' differences, sd / sqrt(T), which holds both sources of noise; with one
+test set the runs are the units and the SE measures the training seed alone (the report
+says which).
 
 `aggregate(runs)` is the pure core (list of compare.json dicts -> summary dict);
 `markdown(summary)` renders it. With --out, summary.json and summary.md are written
@@ -42,10 +42,18 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def _test_set(run: Mapping[str, Any]) -> tuple[str, str]:
+    return str(run["settings"].get("data")), str(run["settings"].get("split"))
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
               reference: str = REFERENCE) -> dict[str, Any]:
     """Summary of compare.json dicts. Every method present in all runs is summarised;
-    a run without the reference method is an error (its differences are undefined)."""
+    a run without the reference method is an error (its differences are undefined).
+
+    Runs on the same test set (seeds of one split) are averaged first and the SE is
+    taken across test sets: the test users of one set are one draw, however many seeds
+    were trained on it. With a single test set the runs themselves are the units."""
     if not runs:
         raise ValueError("no compare runs to aggregate")
     for i, run in enumerate(runs):
@@ -53,21 +61,28 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
             raise ValueError(f"run {i} ({run.get('settings', {}).get('data')}) has no "
                              f"{reference!r} method to compare against")
     common = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
-    test_sets = sorted({(str(r["settings"].get("data")), str(r["settings"].get("split")))
-                        for r in runs})
+    test_sets = sorted({_test_set(r) for r in runs})
+    if len(test_sets) > 1:  # unit = test set; its value = mean over its runs
+        groups = [[r for r in runs if _test_set(r) == ts] for ts in test_sets]
+    else:
+        groups = [[r] for r in runs]
+
+    def per_unit(value) -> list[float]:
+        return [sum(value(r) for r in g) / len(g) for g in groups]
+
     methods: dict[str, dict[str, Any]] = {}
     for m in common:
-        rows = [r["methods"][m] for r in runs]
-        row: dict[str, Any] = {"runs": [float(x[metric]) for x in rows]}
+        row: dict[str, Any] = {"units": per_unit(lambda r: float(r["methods"][m][metric]))}
         for k in METRICS:
-            row[f"mean_{k}"] = mean_se([float(x[k]) for x in rows])[0]
-        diffs = [float(r["methods"][m][metric]) - float(r["methods"][reference][metric])
-                 for r in runs]
+            row[f"mean_{k}"] = mean_se(per_unit(lambda r: float(r["methods"][m][k])))[0]
+        diffs = per_unit(lambda r: float(r["methods"][m][metric])
+                         - float(r["methods"][reference][metric]))
         row["mean_diff"], row["diff_se"] = mean_se(diffs)
         row["diffs"] = diffs
-        row["runs_at_least_reference"] = sum(d >= 0 for d in diffs)
+        row["units_at_least_reference"] = sum(d >= 0 for d in diffs)
         methods[m] = row
     return {"metric": metric, "reference": reference, "n_runs": len(runs),
+            "unit": "test set" if len(test_sets) > 1 else "run", "n_units": len(groups),
             "test_sets": [{"data": d, "split": s} for d, s in test_sets],
             "users": [int(r["methods"][reference].get("users", 0)) for r in runs],
             "methods": methods}
@@ -75,22 +90,27 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
 
 def markdown(summary: Mapping[str, Any]) -> str:
     metric, ref = summary["metric"], summary["reference"]
-    n, sets = summary["n_runs"], len(summary["test_sets"])
-    lines = [f"{n} compare runs on {sets} distinct test set(s), {sum(summary['users'])} "
-             f"user evaluations in all. SE = sd of the per-run differences / sqrt({n})"
-             + ("; all runs share one test set, so it measures the training seed only, not "
-                "the luck of the test users." if sets == 1 < n else
-                "; some runs share a test set, so it understates the test users' noise."
-                if sets < n else "."), "",
-             f"| Method | {metric}, per run | " + " | ".join(f"mean {k.upper()}" for k in METRICS)
-             + f" | mean {metric.upper()} − {METHOD_NAMES.get(ref, ref)} (SE) | runs ≥ {METHOD_NAMES.get(ref, ref)} |",
+    ref_name = METHOD_NAMES.get(ref, ref)
+    n, units, unit = summary["n_runs"], summary["n_units"], summary["unit"]
+    head = (f"{n} compare runs on {len(summary['test_sets'])} distinct test set(s), "
+            f"{sum(summary['users'])} user evaluations in all. ")
+    if unit == "test set":
+        head += (f"Runs on one test set are averaged first; SE = sd of the {units} test sets' "
+                 f"differences / sqrt({units}).")
+    else:
+        head += f"SE = sd of the per-run differences / sqrt({units})"
+        head += ("; all runs share one test set, so it measures the training seed only, not "
+                 "the luck of the test users." if n > 1 else ".")
+    lines = [head, "",
+             f"| Method | {metric}, per {unit} | " + " | ".join(f"mean {k.upper()}" for k in METRICS)
+             + f" | mean {metric.upper()} − {ref_name} (SE) | {unit}s ≥ {ref_name} |",
              "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|"]
     for m, row in summary["methods"].items():
-        per_run = " / ".join(f"{v:.3f}" for v in row["runs"])
+        per_unit = " / ".join(f"{v:.3f}" for v in row["units"])
         diff = "—" if m == ref else (f"{row['mean_diff']:+.4f} ({row['diff_se']:.4f})"
                                      if not math.isnan(row["diff_se"]) else f"{row['mean_diff']:+.4f}")
-        wins = "—" if m == ref else f"{row['runs_at_least_reference']}/{n}"
-        lines.append(f"| {METHOD_NAMES.get(m, m)} | {per_run} | "
+        wins = "—" if m == ref else f"{row['units_at_least_reference']}/{units}"
+        lines.append(f"| {METHOD_NAMES.get(m, m)} | {per_unit} | "
                      + " | ".join(f"{row[f'mean_{k}']:.4f}" for k in METRICS)
                      + f" | {diff} | {wins} |")
     return "\n".join(lines) + "\n"

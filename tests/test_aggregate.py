@@ -39,9 +39,9 @@ def test_aggregate_by_hand():
     assert mind["mean_diff"] == pytest.approx(0.03)
     assert mind["diff_se"] == pytest.approx(0.02 / math.sqrt(3))
     assert mind["mean_hr@50"] == pytest.approx(0.23) and mind["mean_hr@100"] == pytest.approx(0.46)
-    assert mind["runs_at_least_reference"] == 3
+    assert mind["units_at_least_reference"] == 3 and s["unit"] == "test set" and s["n_units"] == 3
     mind1 = s["methods"]["mind1"]  # .02, -.01, .03
-    assert mind1["mean_diff"] == pytest.approx(0.04 / 3) and mind1["runs_at_least_reference"] == 2
+    assert mind1["mean_diff"] == pytest.approx(0.04 / 3) and mind1["units_at_least_reference"] == 2
     assert s["methods"]["youtube"]["mean_diff"] == 0.0
     # another metric: HR@10 differences are half of HR@50's here
     assert aggregate(RUNS, metric="hr@10")["methods"]["mind"]["mean_diff"] == pytest.approx(0.015)
@@ -54,6 +54,23 @@ def test_markdown_rows_and_shared_split_warning():
     assert "3 distinct test set(s)" in md and "training seed only" not in md
     same = [_run("a", {"youtube": 0.2, "mind": 0.21}), _run("a", {"youtube": 0.22, "mind": 0.2})]
     assert "training seed only" in markdown(aggregate(same))
+
+
+def test_runs_on_one_test_set_are_averaged_before_the_se():
+    # two seeds on set "a" (diffs .05 and .01 -> .03) and one on set "b" (diff -.01):
+    # units .03 and -.01, mean .01, sample sd sqrt(2) * .02, SE .02
+    runs = [_run("a", {"youtube": 0.20, "mind": 0.25}), _run("a", {"youtube": 0.30, "mind": 0.31}),
+            _run("b", {"youtube": 0.30, "mind": 0.29})]
+    s = aggregate(runs)
+    assert s["unit"] == "test set" and s["n_units"] == 2 and s["n_runs"] == 3
+    mind = s["methods"]["mind"]
+    assert mind["diffs"] == pytest.approx([0.03, -0.01])
+    assert mind["mean_diff"] == pytest.approx(0.01) and mind["diff_se"] == pytest.approx(0.02)
+    assert mind["units"] == pytest.approx([0.28, 0.29])  # HR@50 of each set, its seeds averaged
+    assert mind["mean_hr@50"] == pytest.approx(0.285)
+    # one test set: the runs are the units (SE = training-seed noise only)
+    one = aggregate(runs[:2])
+    assert one["unit"] == "run" and one["methods"]["mind"]["diffs"] == pytest.approx([0.05, 0.01])
 
 
 def test_missing_reference_is_an_error():
