@@ -2,6 +2,7 @@
 difference from YouTube DNN with its standard error across the runs.
 
     python -m mind_model.aggregate RUN_DIR [RUN_DIR ...] [--out DIR] [--metric hr@50]
+        [--reference youtube]
 
 One compare run on ~1,000 held-out users cannot separate models whose HR@50 differs
 by less than ~0.01: both the training seed and the draw of test users move it that
@@ -129,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="compare output folders (or compare.json files)")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and summary.md here")
     p.add_argument("--metric", default="hr@50", choices=METRICS)
+    p.add_argument("--reference", default=REFERENCE, choices=sorted(METHOD_NAMES),
+                   help="the method the differences are taken from (e.g. mind1 for MIND-K vs MIND-1)")
     args = p.parse_args(argv)
     try:
-        summary = aggregate([load_run(r) for r in args.runs], metric=args.metric)
+        summary = aggregate([load_run(r) for r in args.runs], metric=args.metric,
+                            reference=args.reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"aggregate: {e}", file=sys.stderr)
         return 2

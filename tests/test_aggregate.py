@@ -92,5 +92,9 @@ def test_cli_writes_summary(tmp_path, capsys):
     assert summary["methods"]["mind"]["mean_diff"] == pytest.approx(0.03)
     assert summary["run_dirs"] == dirs
     assert "MIND-K" in (tmp_path / "summary" / "summary.md").read_text()
+    # differences from MIND-1 instead: .03, .02, .00
+    assert main([*dirs, "--reference", "mind1", "--out", str(tmp_path / "vs_mind1")]) == 0
+    vs = json.loads((tmp_path / "vs_mind1" / "summary.json").read_text())
+    assert vs["reference"] == "mind1" and vs["methods"]["mind"]["mean_diff"] == pytest.approx(0.05 / 3)
     assert main([str(tmp_path / "nope")]) == 2
     assert "no compare.json" in capsys.readouterr().err
