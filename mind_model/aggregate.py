@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mind_model.compare import METHOD_NAMES, PAPER_NS, REFERENCE, _atomic_write
+from mind_model.compare import (BASELINE_ORDER, METHOD_NAMES, PAPER_NS, REFERENCE, VARIANT_ORDER,
+                                _atomic_write)
 
 METRICS = tuple(f"hr@{n}" for n in PAPER_NS)
 
@@ -49,8 +50,9 @@ def _test_set(run: Mapping[str, Any]) -> tuple[str, str]:
 
 def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
               reference: str = REFERENCE) -> dict[str, Any]:
-    """Summary of compare.json dicts. Every method present in all runs is summarised;
-    a run without the reference method is an error (its differences are undefined).
+    """Summary of compare.json dicts. A run without the reference method is an error
+    (its differences are undefined). A method missing from some runs (e.g. baselines
+    scored in one seed only) is summarised over the runs that have it.
 
     Runs on the same test set (seeds of one split) are averaged first and the SE is
     taken across test sets: the test users of one set are one draw, however many seeds
@@ -61,19 +63,23 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
         if reference not in run.get("methods", {}):
             raise ValueError(f"run {i} ({run.get('settings', {}).get('data')}) has no "
                              f"{reference!r} method to compare against")
-    common = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+    order = {m: i for i, m in enumerate((*BASELINE_ORDER, *VARIANT_ORDER))}  # compare's table order
+    names = sorted(dict.fromkeys(m for r in runs for m in r["methods"]),
+                   key=lambda m: order.get(m, len(order)))
     test_sets = sorted({_test_set(r) for r in runs})
-    if len(test_sets) > 1:  # unit = test set; its value = mean over its runs
-        groups = [[r for r in runs if _test_set(r) == ts] for ts in test_sets]
-    else:
-        groups = [[r] for r in runs]
-
-    def per_unit(value) -> list[float]:
-        return [sum(value(r) for r in g) / len(g) for g in groups]
+    by_set = len(test_sets) > 1  # unit = test set, its value = mean over its runs
 
     methods: dict[str, dict[str, Any]] = {}
-    for m in common:
-        row: dict[str, Any] = {"units": per_unit(lambda r: float(r["methods"][m][metric]))}
+    for m in names:
+        have = [r for r in runs if m in r["methods"]]
+        groups = ([[r for r in have if _test_set(r) == ts] for ts in test_sets] if by_set
+                  else [[r] for r in have])
+        groups = [g for g in groups if g]
+
+        def per_unit(value) -> list[float]:
+            return [sum(value(r) for r in g) / len(g) for g in groups]
+
+        row: dict[str, Any] = {"n_runs": len(have), "units": per_unit(lambda r: float(r["methods"][m][metric]))}
         for k in METRICS:
             row[f"mean_{k}"] = mean_se(per_unit(lambda r: float(r["methods"][m][k])))[0]
         diffs = per_unit(lambda r: float(r["methods"][m][metric])
@@ -82,8 +88,9 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
         row["diffs"] = diffs
         row["units_at_least_reference"] = sum(d >= 0 for d in diffs)
         methods[m] = row
+    n_units = len(test_sets) if by_set else len(runs)
     return {"metric": metric, "reference": reference, "n_runs": len(runs),
-            "unit": "test set" if len(test_sets) > 1 else "run", "n_units": len(groups),
+            "unit": "test set" if by_set else "run", "n_units": n_units,
             "test_sets": [{"data": d, "split": s} for d, s in test_sets],
             "users": [int(r["methods"][reference].get("users", 0)) for r in runs],
             "methods": methods}
@@ -110,8 +117,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
         per_unit = " / ".join(f"{v:.3f}" for v in row["units"])
         diff = "—" if m == ref else (f"{row['mean_diff']:+.4f} ({row['diff_se']:.4f})"
                                      if not math.isnan(row["diff_se"]) else f"{row['mean_diff']:+.4f}")
-        wins = "—" if m == ref else f"{row['units_at_least_reference']}/{units}"
-        lines.append(f"| {METHOD_NAMES.get(m, m)} | {per_unit} | "
+        wins = "—" if m == ref else f"{row['units_at_least_reference']}/{len(row['diffs'])}"
+        name = METHOD_NAMES.get(m, m) + ("" if row["n_runs"] == n else f" ({row['n_runs']} of {n} runs)")
+        lines.append(f"| {name} | {per_unit} | "
                      + " | ".join(f"{row[f'mean_{k}']:.4f}" for k in METRICS)
                      + f" | {diff} | {wins} |")
     return "\n".join(lines) + "\n"

@@ -32,7 +32,9 @@ def test_mean_se_by_hand():
 def test_aggregate_by_hand():
     s = aggregate(RUNS)
     assert s["n_runs"] == 3 and len(s["test_sets"]) == 3 and s["users"] == [100, 100, 100]
-    assert list(s["methods"]) == ["youtube", "mind1", "mind"]  # popularity is not in every run
+    assert list(s["methods"]) == ["popularity", "youtube", "mind1", "mind"]  # compare's order
+    pop = s["methods"]["popularity"]  # only in run c: summarised over that run
+    assert pop["n_runs"] == 1 and pop["diffs"] == pytest.approx([-0.05]) and math.isnan(pop["diff_se"])
     mind = s["methods"]["mind"]
     # differences .05, .01, .03: mean .03, sample sd .02, SE .02 / sqrt(3)
     assert mind["diffs"] == pytest.approx([0.05, 0.01, 0.03])
@@ -52,6 +54,7 @@ def test_markdown_rows_and_shared_split_warning():
     row = next(line for line in md.splitlines() if line.startswith("| MIND-K |"))
     assert "0.250 / 0.310 / 0.130" in row and "+0.0300 (0.0115)" in row and "3/3" in row
     assert "3 distinct test set(s)" in md and "training seed only" not in md
+    assert "| Popularity (1 of 3 runs) | 0.050 |" in md
     same = [_run("a", {"youtube": 0.2, "mind": 0.21}), _run("a", {"youtube": 0.22, "mind": 0.2})]
     assert "training seed only" in markdown(aggregate(same))
 
