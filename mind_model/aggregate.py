@@ -1,5 +1,5 @@
 """Several `compare` runs summarised as one table: mean HRs and the mean paired
-difference from YouTube DNN with its standard error across the runs.
+difference from YouTube DNN (or `--reference`) with its standard error across the runs.
 
     python -m mind_model.aggregate RUN_DIR [RUN_DIR ...] [--out DIR] [--metric hr@50]
         [--reference youtube]
