@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mind_model.compare import (BASELINE_ORDER, METHOD_NAMES, PAPER_NS, REFERENCE, VARIANT_ORDER,
-                                _atomic_write)
+                                atomic_write_text)
 
 METRICS = tuple(f"hr@{n}" for n in PAPER_NS)
 
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        _atomic_write(args.out / "summary.md", text)
+        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(args.out / "summary.md", text)
     return 0
 
 

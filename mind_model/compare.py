@@ -71,7 +71,8 @@ def relative(value: float, reference: float) -> float:
     return (value - reference) / reference if reference else float("nan")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text aside, then rename it into place: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -385,9 +386,9 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
     if heatmap_path:
         md.append(f"\nCoupling coefficients of MIND-K for users {interests['heatmap_users']}: "
                   f"`{heatmap_path.name}`\n")
-    _atomic_write(out_dir / "compare.json",
+    atomic_write_text(out_dir / "compare.json",
                   json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
-    _atomic_write(out_dir / "compare.md", "\n".join(md))
+    atomic_write_text(out_dir / "compare.md", "\n".join(md))
     result["markdown"] = "\n".join(md)
     log.info("wrote %s and %s in %.0fs", out_dir / "compare.json", out_dir / "compare.md",
              time.time() - t_start)

@@ -139,13 +139,8 @@ class TrainConfig:
 
     def model_config(self, meta: DatasetMeta) -> ModelConfig:
         """ModelConfig sized to the data, with this run's overrides and variant."""
-        overrides: dict[str, Any] = dict(
-            embed_dim=self.embed_dim, embed_init_std=self.embed_init_std, n_interests=self.n_interests,
-            routing_iters=self.routing_iters, routing_sigma=self.routing_sigma,
-            routing_init_scale=self.routing_init_scale,
-            dynamic_interests=self.dynamic_interests, pow_p=self.pow_p,
-            tower_hidden=self.tower_hidden, profile_dim=self.profile_dim, n_neg=self.n_neg,
-            sampler=self.sampler, logit_scale=self.logit_scale)
+        # every field both configs share (embed_dim, n_interests, routing_*, pow_p, ...)
+        overrides: dict[str, Any] = {name: getattr(self, name) for name in _MODEL_FIELDS}
         max_len = meta.stats.get("config", {}).get("max_len")
         if max_len:
             overrides["max_len"] = int(max_len)
@@ -157,6 +152,11 @@ class TrainConfig:
             overrides["n_interests"] = 1  # youtube_dnn below sets pooling="mean"
         cfg = meta.model_config(**overrides)
         return {"mind": lambda c: c, "mind1": mind_1, "youtube": youtube_dnn}[self.variant](cfg)
+
+
+# ModelConfig fields that TrainConfig also has: a run's model settings, passed on by name
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                      if f.name in {m.name for m in dataclasses.fields(ModelConfig)})
 
 
 def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
