@@ -111,7 +111,7 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates / log lines
     threads: int | None = None  # torch threads per process; None = OMP_NUM_THREADS or CPUs / processes - 1
     device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
-    reader_workers: int = 2  # petastorm reader threads per process
+    reader_workers: int = 1  # petastorm reader threads per process; > 1 makes the batch order timing-dependent
     shuffle_buffer: int | None = None  # rows in the shuffling buffer (None = reader's default)
     progress: bool = True  # tqdm bar on rank 0
     dist_timeout_min: float = 60.0  # collective timeout; rank 0's evaluation must fit in it
