@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-all local-pipeline bench-prep bench-index lock clean bench-train
+.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train
 
 setup: $(STAMP)
 
@@ -24,11 +24,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m jobs.spark --check-java
 	touch $(STAMP)
 
+# Test tiers: `make test` is the fast default (unit + small Spark tests, a few minutes);
+# `make test-slow` the end-to-end ones (Airflow DAG runs, DDP, standalone clusters, real
+# data sets); `make test-all` both (and gpu tests, which skip without a GPU).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
 test-all: $(STAMP)
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The whole pipeline on this machine: sample logs (or your own: DATA=path FORMAT=movielens|
 # amazon-seq|taobao|amazon-ratings) -> the daily DAG through Airflow (SQLite in ./airflow_home,
@@ -38,7 +47,7 @@ DATA                ?=
 FORMAT              ?=
 LOCAL_PIPELINE_ARGS ?=
 local-pipeline: $(STAMP)
-	$(PY) -m jobs.local_pipeline --data-root $(DATA_ROOT) \
+	$(PY) -m orchestration.local_pipeline --data-root $(DATA_ROOT) \
 	  $(if $(DATA),--data $(DATA) --format $(FORMAT),--ds $(DS) --days $(DAYS)) $(LOCAL_PIPELINE_ARGS)
 
 bench-prep: $(STAMP)

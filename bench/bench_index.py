@@ -3,7 +3,7 @@
 On generated item vectors (default 1M, d = 64) and user vectors drawn near the same
 clusters — 2000 cluster centres, noise of 0.8x a centre's scale, item norms varied
 (log-normal, sigma 0.25) as popularity does to learnt embeddings — for the exact index
-and the default ANN index (`jobs.index.choose_factory`), both in 2 shards searched
+and the default ANN index (`artefacts.index.choose_factory`), both in 2 shards searched
 together:
 
 - build time, index size (bytes written) and process memory growth;
@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from jobs import index as ix  # noqa: E402
+from artefacts import index as ix  # noqa: E402
 
 DS = "2026-11-28"
 PAPER = ("MIND paper (Tmall, CIKM 2019): thousands of candidates from a pool of ~1 billion "
@@ -146,7 +146,7 @@ def bench_extraction(n_items: int, dim: int, index, requests: int) -> dict:
 
     from mind_model.config import ModelConfig
     from mind_model.model import MIND
-    from mind_model.serving import interest_vectors
+    from mind_model.inference import interest_vectors
 
     torch.manual_seed(0)
     cfg = ModelConfig(n_items=n_items + 2, n_categories=1000, n_brands=5000,
@@ -178,8 +178,8 @@ def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: in
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.layout import DataLayout
-    from jobs.storage import write_json
+    from artefacts.layout import DataLayout
+    from artefacts.storage import write_json
     from mind_model.checkpoint import save_checkpoint
     from mind_model.data import load_meta
     from mind_model.model import MIND

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from jobs.sample_data import generate
+from ingest.sample_data import generate
 
 END_DS = "2026-11-28"
 DAYS = 7

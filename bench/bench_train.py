@@ -1,6 +1,6 @@
 """Benchmark of MIND training and evaluation throughput on generated data of a fixed size.
 
-Generates Tmall-like logs (`jobs.sample_data`, default 300k events, seed 0) and runs the
+Generates Tmall-like logs (`ingest.sample_data`, default 300k events, seed 0) and runs the
 build-sequences job once (cached under --work; reused when its stats.json exists), then:
 
 - training samples/s of MIND (K = 4, d = 64, batch 256 per process, 1024 shared
@@ -39,13 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
+from artefacts.storage import write_json
+
 END_DS = "2026-11-28"
 DAYS = 7
 
 
 def prepare(work: Path, events: int, seed: int) -> Path:
     """Generated logs -> sequences (cached: rerun only when the output is missing)."""
-    from jobs.sample_data import generate
+    from ingest.sample_data import generate
 
     seq = work / "sequences" / f"ds={END_DS}"
     if (seq / "stats.json").is_file():
@@ -62,7 +64,7 @@ def prepare(work: Path, events: int, seed: int) -> Path:
 def bench_training(seq: Path, out_dir: Path, nproc: int, steps: int, batch_size: int) -> dict:
     """samples/s of the second of two epochs of `steps` steps (the first is the warm-up:
     reader start-up, allocator, DDP buckets)."""
-    from mind_model.compare import run_training
+    from mind_model.launch import run_training
     from mind_model.train import TrainConfig
 
     cfg = TrainConfig(data_dir=str(seq), out_dir=str(out_dir), variant="mind", epochs=2,
@@ -138,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
               "wall_s": time.perf_counter() - t0}
     for r in train.values():
         r.pop("best", None)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(a.out)
+    write_json(a.out, result, sort_keys=False)
     print(f"wrote {a.out}")
     return 0
 

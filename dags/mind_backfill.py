@@ -41,7 +41,7 @@ The native alternative runs the whole daily DAG per date:
 def mind_backfill():
     @task
     def dates(**context) -> list[str]:
-        from jobs.pipeline_steps import date_range
+        from orchestration.steps import date_range
 
         return date_range(context["params"]["start"], context["params"]["end"])
 

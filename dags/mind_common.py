@@ -1,8 +1,8 @@
 """Wiring shared by the MIND DAGs: default args, assets and the model chain.
 
 Only Airflow objects are built here; what each task decides lives in
-`jobs.pipeline_steps` and the jobs themselves, imported inside the tasks.
-Configuration: `jobs.pipeline_config` (environment variables, documented there).
+`orchestration.steps` and the jobs themselves, imported inside the tasks.
+Configuration: `orchestration.config` (environment variables, documented there).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, task
 
-from jobs.pipeline_config import PipelineConfig, load_config
+from orchestration.config import PipelineConfig, load_config
 
 CFG: PipelineConfig = load_config()
 TAGS = ["mind", "recsys"]
@@ -52,7 +52,7 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
     @task.bash(outlets=[asset(cfg, "training")])
     def train(day: str) -> str:
         """torchrun over `train_nproc` processes; warm start from the published model."""
-        from jobs.pipeline_steps import train_command
+        from orchestration.steps import train_command
 
         return train_command(cfg, day)
 
@@ -62,7 +62,7 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
         (embed, index, publish) when the new model is worse by more than the margin."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from jobs.pipeline_steps import evaluate_and_stage
+        from orchestration.steps import evaluate_and_stage
 
         result = evaluate_and_stage(cfg, day)
         if not result["publish"]:
@@ -83,8 +83,8 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
         """Switch current.json to ds in one atomic rename (never back to an older ds)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from jobs.pipeline_steps import publish_decision
-        from jobs.publish import publish as do_publish
+        from orchestration.steps import publish_decision
+        from artefacts.pointer import publish as do_publish
 
         ok, why = publish_decision(cfg.data_root, day)
         if not ok:

@@ -45,7 +45,7 @@ def mind_daily():
     @task
     def resolve_ds(**context) -> str:
         """The partition date of this run."""
-        from jobs.pipeline_steps import resolve_ds as resolve
+        from orchestration.steps import resolve_ds as resolve
 
         return resolve(context["params"].get("ds"), context.get("logical_date"))
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import faiss
 
-from jobs import index as ix
-from jobs.layout import MANIFEST, DataLayout
-from jobs.publish import read_manifest
-from jobs.storage import staged_dir, write_json
-from jobs.vectors import read_item_embeddings, sample_user_vectors
+from artefacts import index as ix
+from artefacts.layout import MANIFEST, DataLayout
+from artefacts.pointer import read_manifest
+from artefacts.storage import staged_dir, write_json
+from artefacts.vectors import read_item_embeddings, sample_user_vectors
 
 log = logging.getLogger(__name__)
 

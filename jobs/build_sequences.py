@@ -1,9 +1,14 @@
 """Spark job: raw behaviour logs -> behaviour sequences (Parquet) for one ds.
 
-    extract(spark, cfg)            read the look-back window of raw partitions + profiles
-    transform(events, ..., cfg)    quarantine, de-duplicate, filter, vocabulary, split,
-                                   training / evaluation / serving sequences, statistics
-    load(outputs, cfg)             write everything under a temporary folder, rename it in
+    extract(spark, cfg)              the look-back window's raw partitions, the profiles and
+                                     the vocabulary of the latest earlier ds
+    quarantine(raw, window_start)    malformed rows annotated with the first rule they break
+    deduplicate_and_filter(...)      exact duplicates and rare items / users removed; every
+                                     input row accounted for
+    transform(events, ..., cfg)      vocabularies, users, items, split, training / evaluation /
+                                     serving sequences (pure: DataFrames in, DataFrames out)
+    load(outputs, ..., cfg)          every table + stats.json into a temporary folder,
+                                     renamed into place when complete
 
 Output, all under `<data_root>/sequences/ds=<ds>/` and published in one rename:
     train/ valid/ test/ latest/ users/ items/ quarantine/ vocab/<name>/ stats.json
@@ -27,12 +32,13 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from artefacts.storage import staged_dir, write_json
+from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
-from jobs.storage import staged_dir, write_json
 from jobs.validation import InputError, check_schema
 from schemas import (
     BEHAVIORS, EVAL_SAMPLES, FIRST_IDX, ITEM_FEATURES, LATEST_SEQUENCES, PAD_IDX,
-    PROFILE_FIELDS, QUARANTINE, RAW_EVENTS, TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, USERS,
+    PROFILE_COLUMNS, PROFILE_FIELDS, QUARANTINE, RAW_EVENTS, TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, USERS,
     VOCAB, VOCAB_NAMES, Table,
 )
 
@@ -237,37 +243,38 @@ def last_items(items, end, max_len: int):
     return F.slice(items, start + 1, end - start)  # slice is 1-based
 
 
-def build_outputs(events: DataFrame, profiles: DataFrame | None,
-                  prev_vocab: dict[str, DataFrame], cfg: PrepConfig) -> dict[str, DataFrame]:
-    """Kept events -> vocabularies, users, items, training / evaluation / latest sequences."""
-    profile_cols = [f"{f}_idx" for f in PROFILE_FIELDS]
+def count_values(df: DataFrame, col: str) -> DataFrame:
+    """(value, n): how often each non-null value of `col` occurs."""
+    return (df.where(F.col(col).isNotNull()).groupBy(F.col(col).alias("value"))
+            .agg(F.count(F.lit(1)).alias("n")))
 
-    # ---- vocabularies (raw -> dense id), stable across days
-    def counts(df: DataFrame, col: str) -> DataFrame:
-        return (df.where(F.col(col).isNotNull()).groupBy(F.col(col).alias("value"))
-                .agg(F.count(F.lit(1)).alias("n")))
 
-    vocab = {
-        "user": extend_vocab(counts(events, "user_id"), prev_vocab.get("user"), cfg.ds),
-        "item": extend_vocab(counts(events, "item_id"), prev_vocab.get("item"), cfg.ds),
-        "category": extend_vocab(counts(events, "category_id"), prev_vocab.get("category"), cfg.ds),
-        "brand": extend_vocab(counts(events, "brand_id"), prev_vocab.get("brand"), cfg.ds),
-    }
-    kept_users = events.select("user_id").distinct()
-    user_profiles = None
-    if profiles is not None:  # one profile row per user, chosen deterministically
-        first = Window.partitionBy("user_id").orderBy(
-            *[F.col(f).asc_nulls_last() for f in PROFILE_FIELDS])
-        user_profiles = (profiles.join(kept_users, "user_id", "left_semi")
-                         .withColumn("rk", F.row_number().over(first))
-                         .where("rk = 1").drop("rk"))
+def one_profile_per_user(profiles: DataFrame | None, events: DataFrame) -> DataFrame | None:
+    """The profile row of each kept user, chosen deterministically (nulls last)."""
+    if profiles is None:
+        return None
+    first = Window.partitionBy("user_id").orderBy(
+        *[F.col(f).asc_nulls_last() for f in PROFILE_FIELDS])
+    return (profiles.join(events.select("user_id").distinct(), "user_id", "left_semi")
+            .withColumn("rk", F.row_number().over(first))
+            .where("rk = 1").drop("rk"))
+
+
+def build_vocabularies(events: DataFrame, user_profiles: DataFrame | None,
+                       prev_vocab: dict[str, DataFrame], ds: str) -> dict[str, DataFrame]:
+    """Raw -> dense id for users, items, side ids and profile fields, stable across days."""
+    vocab = {name: extend_vocab(count_values(events, col), prev_vocab.get(name), ds)
+             for name, col in (("user", "user_id"), ("item", "item_id"),
+                               ("category", "category_id"), ("brand", "brand_id"))}
     for f in PROFILE_FIELDS:
-        vals = (counts(user_profiles, f) if user_profiles is not None
+        vals = (count_values(user_profiles, f) if user_profiles is not None
                 else events.sparkSession.createDataFrame([], "value string, n long"))
-        vocab[f] = extend_vocab(vals, prev_vocab.get(f), cfg.ds)
-    vocab = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in vocab.items()}
+        vocab[f] = extend_vocab(vals, prev_vocab.get(f), ds)
+    return vocab
 
-    # ---- items: dense id, latest side ids, interaction count
+
+def item_table(events: DataFrame, vocab: dict[str, DataFrame]) -> DataFrame:
+    """ITEM_FEATURES: every kept item, its latest side ids and its interaction count."""
     latest_first = Window.partitionBy("item_id").orderBy(
         F.col("event_time").desc(), F.col("category_id").desc_nulls_last(),
         F.col("brand_id").desc_nulls_last())
@@ -279,9 +286,13 @@ def build_outputs(events: DataFrame, profiles: DataFrame | None,
     items = with_idx(items, vocab["item"], "item_id", "item_idx")
     items = with_idx(items, vocab["category"], "category_id", "category_idx")
     items = with_idx(items, vocab["brand"], "brand_id", "brand_idx")
-    items = items.select(*ITEM_FEATURES.names)
+    return items.select(*ITEM_FEATURES.names)
 
-    # ---- per-user sequences in time order (ties broken by item, then behaviour)
+
+def user_sequences(events: DataFrame, vocab: dict[str, DataFrame],
+                   user_profiles: DataFrame | None, cfg: PrepConfig) -> DataFrame:
+    """One row per user: item idx in time order (ties broken by item, then behaviour),
+    n_events, user_idx, split and profile idx."""
     ev = with_idx(events, vocab["item"], "item_id", "item_idx")
     seqs = (ev.groupBy("user_id")
             .agg(F.array_sort(F.collect_list(
@@ -305,48 +316,64 @@ def build_outputs(events: DataFrame, profiles: DataFrame | None,
         seqs = seqs.select("*", *[F.lit(None).cast("string").alias(f) for f in PROFILE_FIELDS])
     for f in PROFILE_FIELDS:
         seqs = with_idx(seqs, vocab[f], f, f"{f}_idx")
-    seqs = seqs.persist(StorageLevel.MEMORY_AND_DISK)
+    return seqs
 
-    users = seqs.select(*USERS.names)
-    L = cfg.max_len
 
-    # ---- training samples: every position t >= 1 of a training user's sequence.
-    # Built as one array of (t, hist, target) structs per user, then inlined, so no
-    # exploded row carries the whole sequence (that would cost O(n^2) per user).
-    seq = F.col("items")
+def training_samples(seqs: DataFrame, max_len: int) -> DataFrame:
+    """TRAIN_SAMPLES: every position t >= 1 of a training user's sequence.
+
+    Built as one array of (t, hist, target) structs per user, then inlined, so no
+    exploded row carries the whole sequence (that would cost O(n^2) per user)."""
+    L, seq = max_len, F.col("items")
 
     def sample(t):
         n_hist = F.least(t, F.lit(L))
         return F.struct(t.alias("t"), padded(last_items(seq, t, L), n_hist, L).alias("hist"),
                         n_hist.alias("hist_len"), F.element_at(seq, t + 1).alias("target"))
 
-    train = (seqs.where((F.col("split") == "train") & (F.col("n_events") >= 2))
-             .select("user_idx", *profile_cols,
-                     F.inline(F.transform(F.sequence(F.lit(1), F.size(seq) - 1), sample))))
+    return (seqs.where((F.col("split") == "train") & (F.col("n_events") >= 2))
+            .select("user_idx", *PROFILE_COLUMNS,
+                    F.inline(F.transform(F.sequence(F.lit(1), F.size(seq) - 1), sample))))
 
-    # ---- held-out users: one interacted item at random (seeded) is the target
-    pos = (F.lit(1) + F.pmod(F.xxhash64(F.lit(cfg.seed + 1), F.col("user_id")),
+
+def heldout_samples(seqs: DataFrame, max_len: int, seed: int) -> DataFrame:
+    """EVAL_SAMPLES (+ split): one interacted item of each held-out user, chosen at random
+    (seeded), is the target; the behaviours before it are the history."""
+    L = max_len
+    pos = (F.lit(1) + F.pmod(F.xxhash64(F.lit(seed + 1), F.col("user_id")),
                              F.size("items") - 1)).cast("int")
-    heldout = (seqs.where(F.col("split").isin("valid", "test"))
-               .withColumn("target_pos", pos)
-               .withColumn("h", last_items(F.col("items"), F.col("target_pos"), L))
-               .select("split", "user_idx",
-                       padded(F.col("h"), F.size("h"), L).alias("hist"),
-                       F.size("h").cast("int").alias("hist_len"),
-                       F.element_at("items", F.col("target_pos") + 1).cast("int").alias("target"),
-                       "target_pos", F.col("items").alias("full_seq"), *profile_cols))
+    return (seqs.where(F.col("split").isin("valid", "test"))
+            .withColumn("target_pos", pos)
+            .withColumn("h", last_items(F.col("items"), F.col("target_pos"), L))
+            .select("split", "user_idx",
+                    padded(F.col("h"), F.size("h"), L).alias("hist"),
+                    F.size("h").cast("int").alias("hist_len"),
+                    F.element_at("items", F.col("target_pos") + 1).cast("int").alias("target"),
+                    "target_pos", F.col("items").alias("full_seq"), *PROFILE_COLUMNS))
 
-    # ---- serving: every user's last L items
-    n = F.size("items")
-    latest = (seqs.withColumn("h", last_items(F.col("items"), n, L))
-              .select("user_idx", padded(F.col("h"), F.size("h"), L).alias("hist"),
-                      F.size("h").cast("int").alias("hist_len"), "user_id", *profile_cols))
 
+def latest_sequences(seqs: DataFrame, max_len: int) -> DataFrame:
+    """LATEST_SEQUENCES: every user's last L items, for serving."""
+    L, n = max_len, F.size("items")
+    return (seqs.withColumn("h", last_items(F.col("items"), n, L))
+            .select("user_idx", padded(F.col("h"), F.size("h"), L).alias("hist"),
+                    F.size("h").cast("int").alias("hist_len"), "user_id", *PROFILE_COLUMNS))
+
+
+def transform(events: DataFrame, profiles: DataFrame | None,
+              prev_vocab: dict[str, DataFrame], cfg: PrepConfig) -> dict[str, DataFrame]:
+    """Kept events -> vocabularies, users, items, training / evaluation / latest sequences."""
+    user_profiles = one_profile_per_user(profiles, events)
+    vocab = build_vocabularies(events, user_profiles, prev_vocab, cfg.ds)
+    vocab = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in vocab.items()}
+    seqs = user_sequences(events, vocab, user_profiles, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    heldout = heldout_samples(seqs, cfg.max_len, cfg.seed)
     return {
-        "vocab": vocab, "items": items, "users": users, "seqs": seqs, "train": train,
+        "vocab": vocab, "items": item_table(events, vocab), "users": seqs.select(*USERS.names),
+        "seqs": seqs, "train": training_samples(seqs, cfg.max_len),
         "valid": heldout.where(F.col("split") == "valid").drop("split"),
         "test": heldout.where(F.col("split") == "test").drop("split"),
-        "latest": latest,
+        "latest": latest_sequences(seqs, cfg.max_len),
     }
 
 
@@ -382,38 +409,32 @@ def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
 # ----------------------------------------------------------------------------- run
 
 
-class Stage:
-    """Logs the start and duration of each stage (progress for long runs)."""
+@dataclass
+class RawInputs:
+    """What the job reads: the window's events, the optional profiles, yesterday's vocabulary."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.k, self.t0 = total, 0, time.time()
-
-    def __call__(self, name: str) -> None:
-        self.k += 1
-        log.info("[%d/%d] %s (%.1fs elapsed)", self.k, self.total, name, time.time() - self.t0)
+    events: DataFrame
+    missing_days: list[str]
+    profiles: DataFrame | None
+    prev_vocab: dict[str, DataFrame]
 
 
-def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
-    """Build the sequences of `cfg.ds`; returns the statistics written to stats.json."""
-    spark = spark or start_spark("mind-build-sequences", cfg.master, cfg.spark_conf)
-    stage = Stage(6)
-    t0 = time.time()
+def extract(spark: SparkSession, cfg: PrepConfig) -> RawInputs:
+    raw, missing = read_raw_events(spark, cfg)
+    return RawInputs(raw, missing, read_profiles(spark, cfg), read_previous_vocab(spark, cfg))
 
-    stage("reading raw events")
-    raw, missing_days = read_raw_events(spark, cfg)
-    profiles = read_profiles(spark, cfg)
-    prev_vocab = read_previous_vocab(spark, cfg)
 
-    stage("quarantining malformed rows")
-    window_start = cfg.window_days()[0]
+def quarantine(raw: DataFrame, window_start: str) -> tuple[DataFrame, dict[str | None, int]]:
+    """Annotated events (persisted) and the count of rows per reason (None = well formed)."""
     annotated = annotate_quarantine(raw, window_start).persist(StorageLevel.MEMORY_AND_DISK)
-    by_reason = {r["reason"]: r["count"] for r in
-                 annotated.groupBy("reason").count().collect()}
-    n_input = sum(by_reason.values())
-    n_valid = by_reason.pop(None, 0)
-    quarantine = annotated.where(F.col("reason").isNotNull())
+    by_reason = {r["reason"]: r["count"] for r in annotated.groupBy("reason").count().collect()}
+    return annotated, by_reason
 
-    stage("de-duplicating and filtering")
+
+def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int],
+                           cfg: PrepConfig) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+    """(distinct, kept) events, both persisted, and the row accounting
+    input = kept + quarantined + duplicates + filtered, checked."""
     valid = (annotated.where(F.col("reason").isNull())
              .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS))
     distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
@@ -422,9 +443,10 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
                        min_user_count=cfg.min_user_count,
                        rounds=cfg.filter_rounds).persist(StorageLevel.MEMORY_AND_DISK)
     n_kept = kept.count()
+    n_valid = by_reason.get(None, 0)
     counts = {
-        "input": n_input,
-        "quarantined": sum(by_reason.values()),
+        "input": sum(by_reason.values()),
+        "quarantined": sum(v for k, v in by_reason.items() if k is not None),
         "duplicates": n_valid - n_distinct,
         "filtered": n_distinct - n_kept,
         "kept": n_kept,
@@ -436,53 +458,75 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         raise InputError(
             f"no events left for ds={cfg.ds} after quarantine and filtering ({counts}); "
             f"lower min_item_count/min_user_count or check {cfg.events_root}")
+    return distinct, kept, counts
 
-    stage("building vocabularies, users, items and sequences")
-    out = build_outputs(kept, profiles, prev_vocab, cfg)
-    train = out["train"].persist(StorageLevel.MEMORY_AND_DISK)
-    n_train = train.count()
-    split_counts = {r["split"]: r["count"] for r in out["seqs"].groupBy("split").count().collect()}
 
-    stage(f"writing {cfg.output_dir}")
+def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
+         counts: dict[str, Any], stats: dict[str, Any], cfg: PrepConfig, stage: Stage,
+         t0: float) -> None:
+    """Write every table and stats.json into a temporary folder, renamed in when complete.
+    `stats` is completed here with what only the writing step knows."""
+    n_users, splits = stats["users"]["total"], stats["users"]
     with staged_dir(cfg.output_dir) as tmp:
         write_table(train, tmp / "train", TRAIN_SAMPLES,
-                    files=n_files(n_train, cfg, cfg.min_row_groups),
+                    files=n_files(stats["train_samples"], cfg, cfg.min_row_groups),
                     sort_by=["user_idx", "t"])
         for split in ("valid", "test"):
-            write_table(out[split], tmp / split, EVAL_SAMPLES,
-                        files=n_files(split_counts.get(split, 0), cfg))
-        n_users = sum(split_counts.values())
+            write_table(out[split], tmp / split, EVAL_SAMPLES, files=n_files(splits[split], cfg))
         write_table(out["latest"], tmp / "latest", LATEST_SEQUENCES, files=n_files(n_users, cfg))
         write_table(out["users"], tmp / "users", USERS, files=n_files(n_users, cfg))
         write_table(out["items"], tmp / "items", ITEM_FEATURES, files=1)
-        write_table(quarantine, tmp / "quarantine",
-                    QUARANTINE, files=n_files(counts["quarantined"], cfg))
+        write_table(quarantined, tmp / "quarantine", QUARANTINE,
+                    files=n_files(counts["quarantined"], cfg))
         vocab_sizes = {}
         for name, df in out["vocab"].items():
             write_table(df, tmp / "vocab" / name, VOCAB, files=1)
             vocab_sizes[name] = int(df.agg(F.max("idx")).first()[0] or UNK_IDX) + 1
 
         stage("statistics")
-        items_df = out["items"]
-        stats = {
-            "ds": cfg.ds,
-            "window": {"start": window_start, "end": cfg.ds,
-                       "missing_days": len(missing_days),
-                       "missing_days_first": missing_days[:10]},
-            "counts": counts,
-            "identity_holds": True,
-            "quarantined_by_reason": by_reason,
-            "users": {"total": n_users, **{s: split_counts.get(s, 0) for s in SPLITS}},
-            "items": items_df.count(),
-            "train_samples": n_train,
-            "eval_samples": {s: split_counts.get(s, 0) for s in ("valid", "test")},
-            "vocab_sizes": vocab_sizes,
-            "sequence_length_histogram": length_histogram(out["seqs"]),
-            "profiles_present": profiles is not None,
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-            "seconds": round(time.time() - t0, 1),
-        }
+        stats.update(items=out["items"].count(), vocab_sizes=vocab_sizes,
+                     sequence_length_histogram=length_histogram(out["seqs"]))
+        stats["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "stats.json", stats)
+
+
+def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
+    """Build the sequences of `cfg.ds`; returns the statistics written to stats.json."""
+    spark = spark or start_spark("mind-build-sequences", cfg.master, cfg.spark_conf)
+    stage = Stage(6, log)
+    t0 = time.time()
+
+    stage("reading raw events")
+    inputs = extract(spark, cfg)
+    stage("quarantining malformed rows")
+    window_start = cfg.window_days()[0]
+    annotated, by_reason = quarantine(inputs.events, window_start)
+    stage("de-duplicating and filtering")
+    distinct, kept, counts = deduplicate_and_filter(annotated, by_reason, cfg)
+
+    stage("building vocabularies, users, items and sequences")
+    out = transform(kept, inputs.profiles, inputs.prev_vocab, cfg)
+    train = out["train"].persist(StorageLevel.MEMORY_AND_DISK)
+    n_train = train.count()
+    split_counts = {r["split"]: r["count"] for r in out["seqs"].groupBy("split").count().collect()}
+    n_users = sum(split_counts.values())
+    stats = {
+        "ds": cfg.ds,
+        "window": {"start": window_start, "end": cfg.ds,
+                   "missing_days": len(inputs.missing_days),
+                   "missing_days_first": inputs.missing_days[:10]},
+        "counts": counts,
+        "identity_holds": True,
+        "quarantined_by_reason": {k: v for k, v in by_reason.items() if k is not None},
+        "users": {"total": n_users, **{s: split_counts.get(s, 0) for s in SPLITS}},
+        "train_samples": n_train,
+        "eval_samples": {s: split_counts.get(s, 0) for s in ("valid", "test")},
+        "profiles_present": inputs.profiles is not None,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+
+    stage(f"writing {cfg.output_dir}")
+    load(out, annotated.where(F.col("reason").isNotNull()), train, counts, stats, cfg, stage, t0)
     for df in (annotated, distinct, kept, train, out["seqs"], *out["vocab"].values()):
         df.unpersist()
     log.info("ds=%s: %s -> %d train samples, %d users, %d items in %.1fs",

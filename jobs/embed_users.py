@@ -37,17 +37,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.build_sequences import Stage
-from jobs.layout import MANIFEST, DataLayout
-from jobs.publish import model_version
+from jobs.progress import Stage
+from artefacts.layout import MANIFEST, DataLayout
+from artefacts.pointer import model_version
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
-from jobs.storage import staged_dir, write_json
+from artefacts.storage import staged_dir, write_json
 from jobs.validation import InputError, check_schema
-from schemas import ITEM_EMBEDDINGS, ITEM_FEATURES, LATEST_SEQUENCES, PROFILE_FIELDS, USER_VECTORS
+from schemas import ITEM_EMBEDDINGS, ITEM_FEATURES, LATEST_SEQUENCES, PROFILE_COLUMNS, USER_VECTORS
 
 log = logging.getLogger(__name__)
-
-PROFILE_COLUMNS = tuple(f"{f}_idx" for f in PROFILE_FIELDS)
 
 
 @dataclass
@@ -145,7 +143,7 @@ def embed_batches(batches: Iterator[pa.RecordBatch], *, model_path: str, version
     import torch
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from mind_model.serving import interest_vectors
+    from mind_model.inference import interest_vectors
 
     torch.set_num_threads(task_cpus())
     model = cached_model(model_path)
@@ -245,7 +243,7 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     from mind_model.checkpoint import load_model
 
     layout, t0 = cfg.layout, time.time()
-    stage = Stage(4)
+    stage = Stage(4, log)
     stage("checking inputs")
     seq_dir, model_file = layout.sequences(cfg.ds), cfg.model_file.resolve()
     if not model_file.is_file():

@@ -1,0 +1,2 @@
+"""MIND in PyTorch: configuration, modules, loss, training (1..N processes), evaluation,
+baselines and inference of user vectors."""

@@ -12,7 +12,7 @@ A checkpoint is a dict of plain Python values and tensors only, so that
      "best": {...}, "meta": {...}, "history": [...]}
 
 - `save_checkpoint(path, ...)`: written to a temporary file beside `path`, then
-  `os.replace`d in, so a reader never sees half a checkpoint.
+  renamed in (`artefacts.storage.atomic_path`), so a reader never sees half a checkpoint.
 - `load_checkpoint(path)`, `load_model(path, device)` (eval mode, item side restored).
 - `warm_start(model, previous_path)`: yesterday's parameters into today's model,
   growing embedding tables whose vocabulary grew (ids are stable across days).
@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from artefacts.storage import atomic_path
 from mind_model.config import ModelConfig
 from mind_model.model import MIND
 
@@ -71,8 +71,6 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelCo
                     best: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
                     history: list[Mapping[str, Any]] | None = None) -> Path:
     """Write the checkpoint atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model_config": model_config.to_dict(),
         "train_config": plain(dict(train_config or {})),
@@ -85,16 +83,10 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelCo
         "meta": plain(dict(meta or {})),
         "history": plain(list(history or [])),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
     return path
 
 

@@ -1,6 +1,8 @@
 """The model's typed configuration, saved inside every checkpoint.
 
-`ModelConfig` fixes every choice of the MIND model (see shared/design/MIND.md);
+`ModelConfig` fixes every choice of the MIND model (docs/MODEL.md): the choices a user
+makes (`ModelSettings`, which `train.TrainConfig` inherits, so the two never drift) and
+what the data decides (vocabulary sizes, L);
 `to_dict()` / `from_dict()` round-trip it through a checkpoint, and the
 factories `youtube_dnn(cfg)` and `mind_1(cfg)` derive the paper's baselines
 from a MIND config so that all three share vocabulary sizes and dimensions.
@@ -21,26 +23,21 @@ SAMPLERS = ("log_uniform", "popularity")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    # --- vocabularies (0 = feature absent)
-    n_items: int = 0  # item ids incl. 0 = padding, 1 = unknown
-    n_categories: int = 0  # category ids, averaged into the item embedding
-    n_brands: int = 0  # brand/shop ids, averaged into the item embedding
-    profile_vocab: dict[str, int] = field(default_factory=dict)  # field -> size, e.g. {"gender": 5}; {} = no profile
-    profile_dim: int = 16  # embedding size of each profile field (concatenated)
+class ModelSettings:
+    """The model choices a user makes (TrainConfig exposes exactly these, with these
+    defaults); `ModelConfig` adds what comes from the data."""
+
     # --- sizes
     embed_dim: int = 64  # d: item embeddings, interest capsules and user vectors
     embed_init_std: float = 0.0  # std of the id embeddings at init; 0 = embed_dim ** -0.5 (|row| ~ 1)
-    max_len: int = 50  # L: behaviours kept per user (the last L before the target)
     tower_hidden: tuple[int, ...] = (256,)  # ReLU layers of the user tower; () = one linear map
+    profile_dim: int = 16  # embedding size of each profile field (concatenated)
     # --- multi-interest extractor
-    pooling: str = "routing"  # "routing" = MIND (B2I routing); "mean" = YouTube DNN
     n_interests: int = 4  # K; the paper uses 3..5 (Amazon Books: 3)
     routing_iters: int = 3  # r
     routing_sigma: float = 1.0  # std of the initial routing logits
     routing_init_scale: float = 1.0  # S starts as this times the identity
     dynamic_interests: bool = True  # K'_u = max(1, min(K, floor(log2 |I_u|)))
-    routing_seed: int = 0  # seed of the fixed initial logits used in eval mode
     # --- label-aware attention
     pow_p: float = math.inf  # inf = hard attention (paper's best), 0 = uniform
     # --- sampled softmax
@@ -49,24 +46,41 @@ class ModelConfig:
     logit_scale: float = 1.0  # multiplies u.e before the softmax (1 / temperature)
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.n_interests < 1 or self.routing_iters < 1:
             raise ValueError("n_interests and routing_iters must be >= 1")
+        if self.pow_p < 0 or math.isnan(self.pow_p):
+            raise ValueError(f"pow_p must be >= 0 (inf allowed), got {self.pow_p}")
+        if min(self.embed_dim, self.n_neg, self.embed_init_std) < 0:
+            raise ValueError("sizes must be >= 0")
+        # frozen: canonical values set once (a tuple, whatever sequence was given)
+        object.__setattr__(self, "tower_hidden", tuple(int(h) for h in self.tower_hidden))
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelSettings):
+    # --- from the data (0 = feature absent)
+    n_items: int = 0  # item ids incl. 0 = padding, 1 = unknown
+    n_categories: int = 0  # category ids, averaged into the item embedding
+    n_brands: int = 0  # brand/shop ids, averaged into the item embedding
+    profile_vocab: dict[str, int] = field(default_factory=dict)  # field -> size, e.g. {"gender": 5}; {} = no profile
+    max_len: int = 50  # L: behaviours kept per user (the last L before the target)
+    # --- fixed by the variant
+    pooling: str = "routing"  # "routing" = MIND (B2I routing); "mean" = YouTube DNN
+    routing_seed: int = 0  # seed of the fixed initial logits used in eval mode
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "mean" and self.n_interests != 1:
             # mean pooling yields one vector; a config saying K=4 would misdescribe the run
             raise ValueError("pooling='mean' (YouTube DNN) needs n_interests=1; use youtube_dnn(cfg)")
-        if self.pow_p < 0 or math.isnan(self.pow_p):
-            raise ValueError(f"pow_p must be >= 0 (inf allowed), got {self.pow_p}")
-        if min(self.n_categories, self.n_brands, self.embed_dim, self.max_len, self.n_neg,
-               self.embed_init_std) < 0:
+        if min(self.n_categories, self.n_brands, self.max_len) < 0:
             raise ValueError("sizes must be >= 0")
         if any(v < 0 for v in self.profile_vocab.values()):
             raise ValueError("profile vocabulary sizes must be >= 0")
-        # A frozen dataclass must hold hashable-ish, canonical values: tuples, plain dicts.
-        object.__setattr__(self, "tower_hidden", tuple(int(h) for h in self.tower_hidden))
         object.__setattr__(self, "profile_vocab",
                            {str(k): int(v) for k, v in self.profile_vocab.items() if int(v) > 0})
 

@@ -17,8 +17,6 @@ import pyarrow.parquet as pq
 from mind_model.config import ModelConfig
 from schemas import EVAL_SAMPLES, ITEM_FEATURES, PROFILE_FIELDS, TRAIN_SAMPLES, UNK_IDX
 
-PROFILE_COLUMNS = tuple(f"{f}_idx" for f in PROFILE_FIELDS)
-
 
 @dataclass
 class DatasetMeta:

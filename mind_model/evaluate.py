@@ -19,6 +19,9 @@ ids, best first (`Recommender`); `batch` holds "hist" (B, L) right-padded with 0
 "hist_len" (B,) and the profile columns "<field>_idx" when the data has them.
 `ModelRecommender` wraps a MIND model (max over the user's ACTIVE interests,
 restricted to a candidate catalogue); `mind_model.baselines` holds the others.
+`HeldOutSample` scores a model on a fixed seeded sample of one split's users: the
+validation HR of training (model selection) and the publish gate use it, and
+`experiments.compare` calls `evaluate` directly, so all three share one HR.
 
 CLI: python -m mind_model.evaluate --model CKPT --data SEQ_DIR --split test
 """
@@ -36,9 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mind_model.data import PROFILE_COLUMNS
-from mind_model.metrics import FIRST_IDX, hits_at, recall_hr_at, topn_multi_interest
-from schemas import UNK_IDX
+from mind_model.data import DatasetMeta, read_eval
+from mind_model.inference import model_inputs
+from mind_model.metrics import COMIREC_NS, HR_NS, hits_at, recall_hr_at, topn_multi_interest
+from schemas import FIRST_IDX, PROFILE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,6 @@ class ModelRecommender:
         model.eval()
         with torch.no_grad():
             emb = model.all_item_embeddings().to(self.device)  # (n_items, D)
-        self._n_model_items = emb.shape[0]
         cands = torch.from_numpy(candidate_ids(candidates, emb.shape[0])).to(self.device)  # (M,)
         # topn_multi_interest never returns rows 0 and 1, so two zero rows in front keep
         # local id j <-> item cands[j - 2]; local 0 (padding when n > M) maps back to 0.
@@ -104,11 +107,13 @@ class ModelRecommender:
     def interests(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(V (B, K, D), mask (B, K)) of the users in `batch`, in eval mode."""
         self.model.eval()
-        profile = {k: _tensor(batch[k], self.device) for k in PROFILE_COLUMNS if k in batch}
-        hist = _tensor(batch["hist"], self.device)  # (B, L)
         # ids newer than the model's vocabulary (data of a later day) are unknown to it
-        hist = hist.masked_fill(hist >= self._n_model_items, UNK_IDX)
-        return self.model.user_interests(hist, _tensor(batch["hist_len"], self.device), profile)
+        hist, profile = model_inputs(self.model.cfg, _tensor(batch["hist"]),
+                                     {k: _tensor(batch[k]) for k in PROFILE_COLUMNS if k in batch})
+        if profile is not None:
+            profile = {k: v.to(self.device) for k, v in profile.items()}
+        return self.model.user_interests(hist.to(self.device),
+                                         _tensor(batch["hist_len"], self.device), profile)
 
     @torch.no_grad()
     def recommend(self, batch: Batch, n: int) -> Tensor:
@@ -160,7 +165,7 @@ def _timing(users: int, seconds: float) -> dict[str, float]:
             "users_per_s": users / seconds if seconds > 0 else float("nan")}
 
 
-def evaluate(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = (10, 50, 100),
+def evaluate(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = HR_NS,
              batch_size: int = 1024, per_user: bool = False) -> dict[str, Any]:
     """The paper's HitRate@N on an eval table (`read_eval`): {"hr@10": ..., "users", ...}.
     With `per_user`, also "hits": {N: (U,) bool array, True where the user's target is in
@@ -203,7 +208,7 @@ def comirec_inputs(samples: Mapping[str, Any], ratio: float = 0.8,
     return batch, targets
 
 
-def evaluate_comirec(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = (20, 50),
+def evaluate_comirec(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[int] = COMIREC_NS,
                      batch_size: int = 1024, ratio: float = 0.8) -> dict[str, float]:
     """ComiRec protocol on the same held-out users: {"recall@20", "hr@20", ..., "users", ...}."""
     batch, targets = comirec_inputs(samples, ratio)
@@ -213,6 +218,39 @@ def evaluate_comirec(rec: Recommender, samples: Mapping[str, Any], ns: Sequence[
     out: dict[str, float] = dict(recall_hr_at(top, targets, ns))
     out.update(_timing(len(top), spent))
     return out
+
+
+class HeldOutSample:
+    """HR@{10,50,100} of a model on a fixed seeded sample of one split's held-out users,
+    over today's catalogue (`meta.active_items`, as the ANN index would hold it).
+
+    The validation score of training (best.pt), its test score at the end and the
+    publish gate are this, so model selection and the gate share `evaluate`'s HR."""
+
+    def __init__(self, meta: DatasetMeta, split: str, max_users: int | None = None,
+                 seed: int = 0, device: torch.device | str = "cpu", batch_users: int = 1024):
+        data = read_eval(meta.seq_dir, split)
+        n = len(data["target"])
+        pick = (np.sort(np.random.default_rng(seed).permutation(n)[:max_users])
+                if max_users is not None and n > max_users else np.arange(n))
+        self.samples = {k: np.asarray(data[k])[pick] for k in (*BATCH_KEYS, "target")
+                        if k in data}
+        self.candidates = meta.active_items
+        self.split, self.n_users, self.device = split, len(pick), device
+        self.batch_users = batch_users
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, ns: Sequence[int] = HR_NS) -> dict[str, float]:
+        """{"hr@10": ..., "users": U}; the model's train/eval mode is restored."""
+        if self.n_users == 0:
+            return {}
+        was_training = model.training
+        try:
+            rec = ModelRecommender(model, self.candidates, device=self.device)
+            out = evaluate(rec, self.samples, ns=ns, batch_size=self.batch_users)
+        finally:
+            model.train(was_training)
+        return {**{f"hr@{n}": out[f"hr@{n}"] for n in ns}, "users": self.n_users}
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -231,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    from mind_model.checkpoint import load_model  # lazy: checkpoint.py may land later
+    from artefacts.storage import write_text
+    from mind_model.checkpoint import load_model
     from mind_model.data import load_meta, read_eval
 
     model = load_model(a.model, device=a.device)
@@ -246,9 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if a.out is not None:
-        tmp = a.out.with_name(a.out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(a.out)
+        write_text(a.out, text + "\n")
     return 0
 
 

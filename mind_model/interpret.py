@@ -45,10 +45,11 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from mind_model.data import PROFILE_COLUMNS
+from artefacts.storage import atomic_path
 from mind_model.evaluate import ModelRecommender
 from mind_model.metrics import interest_diversity, routing_sharpness
 from mind_model.model import behaviour_mask
+from schemas import PROFILE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class GroundTruth:
 
 
 def load_truth(truth_dir: Path | str, seq_dir: Path | str) -> GroundTruth:
-    """Read `truth/{items,user_interests}.parquet` (raw ids, from `jobs.sample_data`)
+    """Read `truth/{items,user_interests}.parquet` (raw ids, from `ingest.sample_data`)
     and map them to dense ids through `seq_dir/vocab/{item,user}`."""
     truth_dir, seq_dir = Path(truth_dir), Path(seq_dir)
 
@@ -152,11 +153,8 @@ def coupling_heatmap(model: torch.nn.Module, samples: Mapping[str, Any], user_ro
             ax.set_xlabel("behaviour (oldest first)", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
     fig.tight_layout()
-    path = Path(path_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")  # written aside, then renamed into place
-    tmp.replace(path)
+    with atomic_path(path_png) as tmp:  # written aside, then renamed into place
+        fig.savefig(tmp, dpi=100, format="png")
     return mats
 
 

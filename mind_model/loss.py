@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FIRST_IDX = 2  # ids 0 (padding) and 1 (unknown) are never candidates
+from schemas import FIRST_IDX  # ids 0 (padding) and 1 (unknown) are never candidates
 
 
 class SampledSoftmaxLoss(nn.Module):

@@ -23,7 +23,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-FIRST_IDX = 2  # ids 0 (padding) and 1 (unknown) are never recommended
+from schemas import FIRST_IDX  # ids 0 (padding) and 1 (unknown) are never recommended
+
+HR_NS = (10, 50, 100)  # the paper's HitRate@N cut-offs
+COMIREC_NS = (20, 50)  # ComiRec's Recall@N / HR@N cut-offs
 
 
 def _merge_topn(s1: Tensor, i1: Tensor, s2: Tensor, i2: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -76,7 +79,7 @@ def topn_multi_interest(V: Tensor, mask: Tensor, item_emb: Tensor, n: int,
     return best_s, best_i
 
 
-def hits_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)) -> dict[int, Tensor]:
+def hits_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = HR_NS) -> dict[int, Tensor]:
     """Per user, whether the target is among the top N: {N: (B,) bool}. topn_idx: (B, >= max ns)."""
     if topn_idx.shape[1] < max(ns):
         raise ValueError(f"need top-{max(ns)} lists, got {topn_idx.shape[1]}")
@@ -84,13 +87,13 @@ def hits_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)
     return {n: hit[:, :n].any(1) for n in ns}
 
 
-def hit_rate_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+def hit_rate_at(topn_idx: Tensor, targets: Tensor, ns: Sequence[int] = HR_NS) -> dict[str, float]:
     """HitRate@N = share of users whose target is among their top N. topn_idx: (B, >= max ns)."""
     return {f"hr@{n}": h.float().mean().item() for n, h in hits_at(topn_idx, targets, ns).items()}
 
 
 def recall_hr_at(topn_idx: Tensor, target_sets: Sequence[Iterable[int]],
-                 ns: Sequence[int] = (20, 50)) -> dict[str, float]:
+                 ns: Sequence[int] = COMIREC_NS) -> dict[str, float]:
     """ComiRec protocol: Recall@N = |top N ∩ targets| / |targets| averaged over users;
     HR@N = share of users with at least one hit. Targets are de-duplicated (sets);
     users with no targets are skipped."""

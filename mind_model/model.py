@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mind_model.config import ModelConfig
-
-PAD_IDX = 0  # mirrors schemas.tables.PAD_IDX; the model package does not import the data layer
+from schemas import PAD_IDX
 
 
 def squash(z: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:

@@ -102,6 +102,8 @@ BEHAVIORS: tuple[str, ...] = ("click", "cart", "fav", "buy")
 
 # Profile fields carried to the model as embedding ids; all optional in the data.
 PROFILE_FIELDS: tuple[str, ...] = ("gender", "age_bucket", "city_tier")
+# Their dense-id columns in the prepared tables (and the model's batches).
+PROFILE_COLUMNS: tuple[str, ...] = tuple(f"{f}_idx" for f in PROFILE_FIELDS)
 # Item side features averaged into the item embedding.
 ITEM_SIDE_FIELDS: tuple[str, ...] = ("category", "brand")
 

@@ -48,7 +48,7 @@ def build_generated_sequences(spark, root: Path, *, ds: str, days: int, n_events
                               min_row_groups: int = 4) -> Path:
     """Generated logs -> build_sequences output; returns the sequences/ds=<ds> folder."""
     from jobs.build_sequences import PrepConfig, run
-    from jobs.sample_data import generate
+    from ingest.sample_data import generate
 
     generate(root / "raw", end_ds=ds, days=days, n_events=n_events, seed=seed)
     run(PrepConfig(data_root=root, ds=ds, lookback_days=days, min_row_groups=min_row_groups),

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from mind_model.aggregate import aggregate, main, markdown, mean_se
+from experiments.aggregate import aggregate, main, markdown
+from experiments.stats import mean_se
 
 
 def _run(data: str, hr: dict[str, float]) -> dict:

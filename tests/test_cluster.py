@@ -13,7 +13,7 @@ from jobs.build_sequences import run
 from jobs.cluster import StandaloneCluster, spark_submit
 from tests.test_build_sequences import D2, config, make_logs
 
-pytestmark = [pytest.mark.spark, pytest.mark.cluster]
+pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
 TABLES = ("train", "valid", "test", "latest", "users", "items", "quarantine",
           "vocab/item", "vocab/user", "vocab/category")

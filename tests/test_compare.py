@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mind_model.compare import (METHOD_NAMES, add_relative, hr_se, markdown_table,
-                                paired_difference, parse_overrides, relative)
+from experiments.compare import METHOD_NAMES, add_relative, markdown_table
+from experiments.overrides import parse_overrides
+from experiments.stats import hr_se, paired_difference, relative
 
 DS = "2026-11-28"
 TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=128, batch_size=64, lr=3e-3,
@@ -22,7 +23,7 @@ TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=128, batch_si
 @pytest.fixture(scope="module")
 def data(spark, tmp_path_factory) -> tuple[Path, Path]:
     from jobs.build_sequences import PrepConfig, run
-    from jobs.sample_data import MULTI_INTEREST, generate
+    from ingest.sample_data import MULTI_INTEREST, generate
 
     root = tmp_path_factory.mktemp("compare_data")
     generate(root / "raw", end_ds=DS, days=2, n_events=12_000, seed=3, **MULTI_INTEREST)
@@ -48,7 +49,7 @@ def _table_rows(md: str) -> dict[str, list[str]]:
 
 @pytest.mark.spark
 def test_compare_end_to_end(data, tmp_path):
-    from mind_model.compare import compare
+    from experiments.compare import compare
 
     seq_dir, truth = data
     res = compare(seq_dir, tmp_path / "cmp", epochs=2, max_steps=30, seed=1, overrides=TINY,

@@ -1,9 +1,10 @@
 """The Airflow DAGs: integrity, the daily DAG end to end through `dag.test()` on SQLite,
 a rerun of the same date giving identical outputs, and a 3-day backfill.
 
-Airflow reads its configuration when first imported, so this module sets a private
-AIRFLOW_HOME (SQLite) and the pipeline's settings (a temporary data root, tiny
-training) in the environment BEFORE anything imports airflow or the DAG files.
+Airflow reads its configuration when first imported, so the module fixture `airflow_env`
+sets a private AIRFLOW_HOME (SQLite) and the pipeline's settings (a temporary data root,
+tiny training) before anything imports airflow or the DAG files, and restores the
+environment after the module.
 """
 from __future__ import annotations
 
@@ -12,62 +13,74 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS = REPO_ROOT / "dags"
-WORK = Path(tempfile.mkdtemp(prefix="mind-dags-test-"))
-DATA_ROOT = WORK / "data"
 DS = "2026-11-28"
 DAYS = ("2026-11-26", "2026-11-27", "2026-11-28")
-
-os.environ.update({
-    "AIRFLOW_HOME": str(WORK / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
-    "AIRFLOW_CONN_SPARK_MIND": '{"conn_type": "spark", "host": "local[2]"}',
-    "MIND_DATA_ROOT": str(DATA_ROOT),
-    "MIND_LOOKBACK_DAYS": "3",
-    "MIND_TRAIN_NPROC": "1",
-    "MIND_TRAIN_EPOCHS": "1",
-    "MIND_TRAIN_ARGS": "--batch-size 64 --n-neg 64 --embed-dim 16 --tower-hidden 32",
-    "MIND_MIN_ROW_GROUPS": "2",
-    "MIND_SPARK_CONF": "spark.sql.shuffle.partitions=2,spark.default.parallelism=2",
-    "MIND_SPARK_DRIVER_MEMORY": "1g",
-    "MIND_INDEX_SHARDS": "2",
-    "MIND_RETRIES": "1",
-    "MIND_RETRY_DELAY_S": "1",
-    "SPARK_LOCAL_IP": "127.0.0.1",
-})
 
 pytestmark = pytest.mark.spark
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cleanup():
-    yield
-    import shutil
+@dataclass
+class Work:
+    """This module's temporary folders (set by the `airflow_env` fixture)."""
 
-    shutil.rmtree(WORK, ignore_errors=True)
+    root: Path = Path()
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+
+WORK = Work()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def airflow_env(tmp_path_factory):
+    WORK.root = tmp_path_factory.mktemp("mind-dags-test")
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "AIRFLOW_HOME": str(WORK.root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+        "AIRFLOW_CONN_SPARK_MIND": '{"conn_type": "spark", "host": "local[2]"}',
+        "MIND_DATA_ROOT": str(WORK.data_root),
+        "MIND_LOOKBACK_DAYS": "3",
+        "MIND_TRAIN_NPROC": "1",
+        "MIND_TRAIN_EPOCHS": "1",
+        "MIND_TRAIN_ARGS": "--batch-size 64 --n-neg 64 --embed-dim 16 --tower-hidden 32",
+        "MIND_MIN_ROW_GROUPS": "2",
+        "MIND_SPARK_CONF": "spark.sql.shuffle.partitions=2,spark.default.parallelism=2",
+        "MIND_SPARK_DRIVER_MEMORY": "1g",
+        "MIND_INDEX_SHARDS": "2",
+        "MIND_RETRIES": "1",
+        "MIND_RETRY_DELAY_S": "1",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }.items():
+        mp.setenv(key, value)
+    yield WORK
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
-def airflow_db():
+def airflow_db(airflow_env):
     """Migrated SQLite metadata DB and 3 days of tiny generated logs (3k events)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    capture_output=True, env=os.environ.copy())
-    subprocess.run([sys.executable, "-m", "jobs.sample_data", "--out", str(DATA_ROOT / "raw"),
-                    "--end-ds", DS, "--days", "3", "--events", "3000", "--bad-rows"],
-                   check=True, capture_output=True, cwd=REPO_ROOT)
-    return WORK
+    subprocess.run([sys.executable, "-m", "ingest.sample_data", "--out",
+                    str(WORK.data_root / "raw"), "--end-ds", DS, "--days", "3", "--events",
+                    "3000", "--bad-rows"], check=True, capture_output=True, cwd=REPO_ROOT)
+    return WORK.root
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def dagbag(airflow_env):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS))
@@ -117,8 +130,8 @@ def test_pipeline_steps_without_airflow(tmp_path):
     """ds resolution, date ranges and the choice of the baseline / publish decision."""
     import datetime as dt
 
-    from jobs.pipeline_steps import baseline_version, date_range, publish_decision, resolve_ds
-    from jobs.storage import write_json
+    from orchestration.steps import baseline_version, date_range, publish_decision, resolve_ds
+    from artefacts.storage import write_json
 
     assert resolve_ds("2026-11-02", None) == "2026-11-02"
     assert resolve_ds(None, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc)) == "2026-11-03"
@@ -144,9 +157,9 @@ def test_pipeline_steps_without_airflow(tmp_path):
 def test_gate_rejects_a_worse_model(tmp_path, monkeypatch):
     """A new model worse than the published one by more than the margin is not published,
     and evaluation.json next to the model says why."""
-    from jobs import pipeline_steps
-    from jobs.pipeline_config import PipelineConfig
-    from jobs.storage import write_json
+    from orchestration import steps as pipeline_steps
+    from orchestration.config import PipelineConfig
+    from artefacts.storage import write_json
 
     cfg = PipelineConfig(data_root=tmp_path, gate_margin=0.02)
     seq = tmp_path / "sequences/ds=2026-11-28"
@@ -197,18 +210,18 @@ def _table_digest(folder: Path) -> tuple[int, str]:
 
 
 def _snapshot() -> dict:
-    seq = DATA_ROOT / f"sequences/ds={DS}"
+    seq = WORK.data_root / f"sequences/ds={DS}"
     stats = json.loads((seq / "stats.json").read_text())
     stats.pop("seconds")
-    snap = {"stats": stats, "current": (DATA_ROOT / "current.json").read_text(),
+    snap = {"stats": stats, "current": (WORK.data_root / "current.json").read_text(),
             "tables": {p.name: _table_digest(p) for p in sorted(seq.iterdir()) if p.is_dir()
                        and p.name != "vocab"},
             "vocab": {p.name: _table_digest(p) for p in sorted((seq / "vocab").iterdir())},
-            "model": hashlib.sha256((DATA_ROOT / f"models/ds={DS}/model.pt").read_bytes()).hexdigest(),
+            "model": hashlib.sha256((WORK.data_root / f"models/ds={DS}/model.pt").read_bytes()).hexdigest(),
             "index": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                      for p in sorted((DATA_ROOT / f"index/ds={DS}").glob("*.faiss"))},
-            "users": _table_digest(DATA_ROOT / f"embeddings/ds={DS}/users"),
-            "partitions": sorted(p.name for p in (DATA_ROOT / "sequences").iterdir())}
+                      for p in sorted((WORK.data_root / f"index/ds={DS}").glob("*.faiss"))},
+            "users": _table_digest(WORK.data_root / f"embeddings/ds={DS}/users"),
+            "partitions": sorted(p.name for p in (WORK.data_root / "sequences").iterdir())}
     return snap
 
 
@@ -218,29 +231,32 @@ def daily_run(airflow_db, dagbag):
     return dr, states
 
 
+@pytest.mark.slow
 def test_daily_dag_end_to_end(daily_run, dagbag):
     dr, states = daily_run
     assert states == {t: "success" for t in dagbag.dags["mind_daily"].task_ids}, states
     assert str(dr.state) == "success"
-    from jobs.publish import read_current
+    from artefacts.pointer import read_current
 
-    cur = read_current(DATA_ROOT)
+    cur = read_current(WORK.data_root)
     assert cur.ds == DS and cur.path("index").is_dir()
-    gate = json.loads((DATA_ROOT / f"models/ds={DS}/evaluation.json").read_text())
+    gate = json.loads((WORK.data_root / f"models/ds={DS}/evaluation.json").read_text())
     assert gate["publish"] is True and gate["baseline"] is None
-    manifest = json.loads((DATA_ROOT / f"index/ds={DS}/manifest.json").read_text())
+    manifest = json.loads((WORK.data_root / f"index/ds={DS}/manifest.json").read_text())
     assert manifest["n_shards"] == 2 and manifest["model_version"] == cur.model_version
 
 
+@pytest.mark.slow
 def test_rerun_of_a_date_gives_identical_outputs(daily_run, dagbag):
     before = _snapshot()
     dr, states = _run(dagbag, "mind_daily", DS)
     assert str(dr.state) == "success", states
     after = _snapshot()
     assert after == before
-    assert not list((DATA_ROOT / "sequences").glob("_*")), "temporary folders left behind"
+    assert not list((WORK.data_root / "sequences").glob("_*")), "temporary folders left behind"
 
 
+@pytest.mark.slow
 def test_backfill_three_days_creates_three_partitions(daily_run, dagbag):
     dr, states = _run(dagbag, "mind_backfill",
                       conf={"start": DAYS[0], "end": DAYS[-1], "retrain": False})
@@ -248,16 +264,17 @@ def test_backfill_three_days_creates_three_partitions(daily_run, dagbag):
     assert states["rebuild_sequences"] == "success"
     assert states["train"] == "skipped" and states["publish"] == "skipped"
     for ds in DAYS:
-        assert (DATA_ROOT / f"sequences/ds={ds}/stats.json").is_file()
-    assert sorted(p.name for p in (DATA_ROOT / "sequences").iterdir()) == [f"ds={d}" for d in DAYS]
+        assert (WORK.data_root / f"sequences/ds={ds}/stats.json").is_file()
+    assert sorted(p.name for p in (WORK.data_root / "sequences").iterdir()) == [f"ds={d}" for d in DAYS]
     # the vocabulary is stable across days: each day's ids extend the day before
     import pyarrow.parquet as pq
 
-    v = [dict(zip(*pq.read_table(DATA_ROOT / f"sequences/ds={d}/vocab/item")
+    v = [dict(zip(*pq.read_table(WORK.data_root / f"sequences/ds={d}/vocab/item")
                   .select(["value", "idx"]).to_pydict().values())) for d in DAYS[:2]]
     assert all(v[1].get(k) == i for k, i in v[0].items())
 
 
+@pytest.mark.slow
 def test_native_backfill_of_the_daily_dag(airflow_db):
     """`airflow backfill create` plans one mind_daily run per day, logical date = the day
     (= the partition it builds)."""

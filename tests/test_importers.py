@@ -12,12 +12,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.importers import (ReadStats, RawEventsWriter, import_any, read_amazon_ratings,
+from ingest.importers import (ReadStats, RawEventsWriter, import_any, read_amazon_ratings,
                             read_amazon_seq, read_movielens, read_taobao, write_raw_events)
-from jobs.importers.amazon_seq import attribute_map
-from jobs.importers.cli import main
-from jobs.importers.common import raw_table
-from jobs.importers.taobao import iter_taobao
+from ingest.importers.amazon_seq import attribute_map
+from ingest.importers.cli import main
+from ingest.importers.common import raw_table
+from ingest.importers.taobao import iter_taobao
 from schemas.tables import RAW_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]

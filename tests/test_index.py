@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import index as ix
+from artefacts import index as ix
 from mind_model.metrics import topn_multi_interest
 
 D = 16

@@ -102,7 +102,7 @@ def test_coupling_heatmap_png_and_shapes(random_model, tmp_path):
     mats = coupling_heatmap(random_model, s, [0, 1, 2, 3], path, item_names=names)
     assert path.is_file() and path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not path.with_name(path.name + ".tmp").exists()
+    assert [p.name for p in path.parent.iterdir()] == ["coupling.png"]  # no temporary left
     # K'_u = max(1, min(K, floor(log2 n))) rows, one column per real behaviour
     assert [m.shape for m in mats] == [(3, 8), (1, 3), (2, 5), (1, 1)]
     for m in mats:  # each behaviour spreads itself over the active interests

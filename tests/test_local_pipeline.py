@@ -6,21 +6,18 @@ module never imports airflow (other test modules configure it their own way).
 """
 from __future__ import annotations
 
-import argparse
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from jobs.local_pipeline import airflow_env, migrate, refresh_assets
+from orchestration.airflow_local import airflow_env, migrate, refresh_assets
 
 
 @pytest.fixture()
 def env(tmp_path) -> dict[str, str]:
-    args = argparse.Namespace(airflow_home=str(tmp_path / "airflow"),
-                              data_root=str(tmp_path / "data"), nproc=1, epochs=1,
-                              min_count=None)
-    e = airflow_env(args, lookback=3)
+    e = airflow_env(airflow_home=tmp_path / "airflow", data_root=tmp_path / "data", nproc=1,
+                    epochs=1, lookback=3)
     migrate(e)
     return e
 
@@ -30,6 +27,7 @@ def _active(db: Path, uri: str) -> list[tuple[str, str]]:
         return c.execute("SELECT name, uri FROM asset_active WHERE uri = ?", (uri,)).fetchall()
 
 
+@pytest.mark.slow
 def test_refresh_assets_replaces_a_stale_asset_of_the_same_path(env):
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     uri = f"file://{env['MIND_DATA_ROOT']}/sequences"

@@ -1,5 +1,5 @@
 """MIND modules: shapes, Algorithm 1 against a hand-written reference, and one test
-per mistake listed in shared/design/MIND.md ("Mistakes seen in public implementations")."""
+per mistake listed in docs/MISTAKES.md (mistakes public MIND implementations made)."""
 from __future__ import annotations
 
 import json

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.build_sequences import PrepConfig, run
-from jobs.importers import import_any
-from jobs.sample_data import generate
+from ingest.importers import import_any
+from ingest.sample_data import generate
 
 pytestmark = pytest.mark.spark
 
@@ -44,6 +44,7 @@ def test_generated_logs_with_injected_bad_rows(spark, tmp_path):
     assert {r: reasons.count(r) for r in set(reasons)} == expected_reasons
 
 
+@pytest.mark.slow
 def test_amazon_beauty(spark, shared_datasets, tmp_path):
     folder = shared_datasets / "amazon_beauty"
     result = import_any("amazon-seq", [folder / "Beauty.txt",
@@ -66,6 +67,7 @@ def test_amazon_beauty(spark, shared_datasets, tmp_path):
     assert stats["train_samples"] == int((train.n_events - 1).sum())
 
 
+@pytest.mark.slow
 def test_movielens(spark, shared_datasets, tmp_path):
     folder = shared_datasets / "ml-latest-small"
     result = import_any("movielens", [folder / "ratings.csv", folder / "movies.csv"],

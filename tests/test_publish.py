@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from jobs import publish as pub
-from jobs.layout import DataLayout
-from jobs.storage import write_json
+from artefacts import pointer as pub
+from jobs.publish import main as publish_main
+from artefacts.layout import DataLayout
+from artefacts.storage import write_json
 
 
 def make_version(root, ds: str, model_bytes: bytes, *, index_from: bytes | None = None) -> str:
@@ -95,8 +96,8 @@ def test_readers_never_see_a_partial_or_mixed_pointer(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert pub.main(["--data-root", str(tmp_path), "--show"]) == 2
+    assert publish_main(["--data-root", str(tmp_path), "--show"]) == 2
     make_version(tmp_path, "2026-11-28", b"m")
-    assert pub.main(["--data-root", str(tmp_path), "--ds", "2026-11-28"]) == 0
+    assert publish_main(["--data-root", str(tmp_path), "--ds", "2026-11-28"]) == 0
     assert json.loads(capsys.readouterr().out)["ds"] == "2026-11-28"
-    assert pub.main(["--data-root", str(tmp_path), "--rollback"]) == 2
+    assert publish_main(["--data-root", str(tmp_path), "--rollback"]) == 2

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.sample_data import INJECT_KINDS, generate, injected_per_kind, main
+from ingest.sample_data import INJECT_KINDS, generate, injected_per_kind, main
 from schemas.tables import BEHAVIORS, RAW_EVENTS, USER_PROFILES
 
 END, DAYS, N = "2026-11-28", 3, 6000

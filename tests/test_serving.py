@@ -22,18 +22,18 @@ from jobs.build_sequences import run as build_sequences
 from jobs.cluster import StandaloneCluster, spark_submit
 from jobs.embed_users import EmbedConfig
 from jobs.embed_users import run as embed
-from jobs.layout import DataLayout
-from jobs.publish import PublishError, publish, read_current, rollback
-from jobs.sample_data import generate
+from artefacts.layout import DataLayout
+from artefacts.pointer import PublishError, publish, read_current, rollback
+from ingest.sample_data import generate
 from jobs.validation import InputError
-from jobs.vectors import read_item_embeddings, read_user_vectors
-from mind_model import retrieval
+from artefacts.vectors import read_item_embeddings, read_user_vectors
+from serving import retrieval
 from mind_model.checkpoint import save_checkpoint
-from mind_model.data import PROFILE_COLUMNS, load_meta
+from mind_model.data import load_meta
 from mind_model.metrics import topn_multi_interest
 from mind_model.model import MIND
-from mind_model.retrieval import Retriever, UnknownUserError
-from schemas import LATEST_SEQUENCES, PROFILE_FIELDS, VOCAB
+from serving.retrieval import Retriever, UnknownUserError
+from schemas import LATEST_SEQUENCES, PROFILE_COLUMNS, PROFILE_FIELDS, VOCAB
 
 pytestmark = pytest.mark.spark
 
@@ -300,6 +300,7 @@ def test_current_pointer(served):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_embedding_on_standalone_cluster_matches_local(served, tmp_path):
     root2 = tmp_path / "data"
     copy_inputs(served.root, root2)

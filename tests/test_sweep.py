@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mind_model.sweep import parse_values
+from experiments.sweep import parse_values
 
 from tests.conftest import build_generated_sequences
 
@@ -28,7 +28,7 @@ def test_parse_values():
 
 @pytest.mark.spark
 def test_sigma_sweep_writes_json_and_plot(seq_dir, tmp_path):
-    from mind_model.sweep import main
+    from experiments.sweep import main
 
     out = tmp_path / "sw"
     assert main(["--data", str(seq_dir), "--out", str(out), "--param", "sigma",

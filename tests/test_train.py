@@ -19,7 +19,9 @@ import mind_model.train as train_mod
 from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
                                    optimizer_param_names, save_checkpoint, warm_start)
 from mind_model.config import ModelConfig
-from mind_model.data import PROFILE_COLUMNS, load_meta, read_eval
+from mind_model.data import load_meta, read_eval
+from mind_model.evaluate import HeldOutSample
+from schemas import PROFILE_COLUMNS
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.model import MIND
 from mind_model.reader import row_group_rows, shard_rows, train_batches
@@ -53,6 +55,7 @@ def _ddp_worker(cfg: TrainConfig) -> dict:
 
 
 @pytest.mark.spark
+@pytest.mark.slow
 def test_ddp_two_processes_learn_and_stay_in_sync(seq_dir, tmp_path):
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -376,7 +379,7 @@ def test_optimizer_state_is_matched_by_name_across_a_regrouping(tmp_path):
 
 @pytest.mark.spark
 def test_eval_sample_matches_read_eval(seq_dir):
-    ev = train_mod.Evaluator(load_meta(seq_dir), "test", 10_000, 0, torch.device("cpu"))
+    ev = HeldOutSample(load_meta(seq_dir), "test", 10_000, 0, torch.device("cpu"))
     assert ev.n_users == len(read_eval(seq_dir, "test")["target"])
 
 

@@ -32,9 +32,10 @@ from typing import Iterable, NamedTuple, Sequence
 import faiss
 import numpy as np
 
+from schemas import FIRST_IDX  # ids 0 (padding) and 1 (unknown) are never indexed nor returned
+
 log = logging.getLogger(__name__)
 
-FIRST_IDX = 2  # ids 0 (padding) and 1 (unknown) are never indexed nor returned
 DEFAULT_EXACT_BELOW = 100_000  # exact search is fast enough below this many items
 HNSW_M = 32  # links per node of the HNSW coarse quantiser
 SHARD_FILE = "shard-{:03d}.faiss"

@@ -25,8 +25,8 @@ slower f_user after a search on 2 cores); start it with OMP_WAIT_POLICY=PASSIVE.
 Searches need k <= 2048 per interest on GPUs (n plus the number of excluded items).
 
 CLI:
-    python -m mind_model.retrieval --root DATA_ROOT --user-id U [-n 50] [--include-seen]
-    python -m mind_model.retrieval --root DATA_ROOT --items i1,i2,... [--profile gender=F]
+    python -m serving.retrieval --root DATA_ROOT --user-id U [-n 50] [--include-seen]
+    python -m serving.retrieval --root DATA_ROOT --items i1,i2,... [--profile gender=F]
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from jobs import index as ix
-from jobs.publish import NoCurrentVersion, Pointer, read_current, read_manifest
-from jobs.vectors import UserVectors, read_user_vectors
+from artefacts import index as ix
+from artefacts.pointer import NoCurrentVersion, Pointer, read_current, read_manifest
+from artefacts.vectors import UserVectors, read_user_vectors
 from schemas import LATEST_SEQUENCES, PROFILE_FIELDS, UNK_IDX, VOCAB
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class Retriever:
         """The published model (loaded on first use: only on-the-fly vectors need it)."""
         if self._model is None:
             from mind_model.checkpoint import load_model
-            from jobs.publish import model_version
+            from artefacts.pointer import model_version
 
             path = self.pointer.path("model")
             if model_version(path) != self.pointer.model_version:
@@ -215,7 +215,7 @@ class Retriever:
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Active interest vectors (K', D) computed now from raw item ids (oldest first) and
         raw profile values ({"gender": "F", ...}); returns (vectors, item idx)."""
-        from mind_model.serving import interest_vectors, pad_history
+        from mind_model.inference import interest_vectors, pad_history
 
         unknown = set(profile or {}) - set(PROFILE_FIELDS)
         if unknown:

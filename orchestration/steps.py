@@ -30,14 +30,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.layout import DataLayout, check_ds
-from jobs.pipeline_config import PipelineConfig
+from artefacts.layout import DataLayout, check_ds
+from artefacts.pointer import NoCurrentVersion, model_version, read_current
+from artefacts.storage import staged_dir, write_json
+from orchestration.config import PROJECT_ROOT, PipelineConfig
 
 log = logging.getLogger(__name__)
 
 EVAL_FILE = "evaluation.json"
 TRAIN_METRICS_FILE = "train_metrics.json"
-HR_NS = (10, 50, 100)
 
 
 def resolve_ds(param_ds: str | None, logical_date: dt.datetime | dt.date | None) -> str:
@@ -63,8 +64,6 @@ def date_range(start: str, end: str) -> list[str]:
 
 
 def _current(root: Path) -> dict[str, Any] | None:
-    from jobs.publish import NoCurrentVersion, read_current
-
     try:
         return read_current(root).data
     except NoCurrentVersion:
@@ -140,48 +139,28 @@ def train_command(cfg: PipelineConfig, ds: str) -> str:
     if plan["warm_start_from"]:
         cmd += ["--warm-start-from", plan["warm_start_from"]]
     log.info("training ds=%s in %s (warm start: %s)", ds, work, plan["warm_start_from"])
-    # OMP_NUM_THREADS is left to train.default_threads (CPUs / processes)
-    return f"cd {shlex.quote(str(_project_root()))} && exec {shlex.join(cmd)}"
-
-
-def _project_root() -> Path:
-    from jobs.pipeline_config import PROJECT_ROOT
-
-    return PROJECT_ROOT
+    # OMP_NUM_THREADS is left to distributed.default_threads (CPUs / processes)
+    return f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {shlex.join(cmd)}"
 
 
 # ------------------------------------------------------------------------ the gate
 
 
-def hit_rates(model_path: Path | str, seq_dir: Path | str, split: str = "test",
-              ns: tuple[int, ...] = HR_NS) -> dict[str, float]:
-    """The paper's HR@N of a checkpoint on the held-out users of seq_dir, over today's
-    catalogue. A checkpoint trained on an older ds sees ids it does not know as unknown
-    (its tables cover the old ids: ids are stable across days)."""
-    import numpy as np
-
+def hit_rates(model_path: Path | str, seq_dir: Path | str, split: str = "test") -> dict[str, float]:
+    """The paper's HR@N of a checkpoint on all held-out users of seq_dir, over today's
+    catalogue, computed as training's model selection computes it (`HeldOutSample`).
+    A checkpoint trained on an older ds sees ids it does not know as unknown (its tables
+    cover the old ids: ids are stable across days)."""
     from mind_model.checkpoint import load_model
-    from mind_model.data import PROFILE_COLUMNS, load_meta, read_eval
-    from mind_model.evaluate import ModelRecommender, evaluate
-    from schemas import UNK_IDX
+    from mind_model.data import load_meta
+    from mind_model.evaluate import HeldOutSample
 
-    model = load_model(model_path)
-    meta = load_meta(seq_dir)
-    samples = read_eval(seq_dir, split)
-    for col in PROFILE_COLUMNS:  # profile values newer than the model -> unknown
-        size = model.cfg.profile_vocab.get(col[: -len("_idx")], 0)
-        if col in samples and size:
-            samples[col] = np.where(samples[col] >= size, UNK_IDX, samples[col])
-    rec = ModelRecommender(model, meta.active_items)
-    out = evaluate(rec, samples, ns=ns)
-    return {k: float(v) for k, v in out.items() if k.startswith("hr@") or k == "users"}
+    out = HeldOutSample(load_meta(seq_dir), split)(load_model(model_path))
+    return {k: float(v) for k, v in out.items()}
 
 
 def evaluate_and_stage(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
     """Score the new model and the baseline on ds's test users, decide, write models/ds=D/."""
-    from jobs.publish import model_version
-    from jobs.storage import staged_dir, write_json
-
     plan = plan_training(cfg, ds)
     work = Path(plan["work_dir"])
     best = work / "best.pt"

@@ -9,7 +9,7 @@
     <root>/index/ds=D/manifest.json        build_index: factory, search parameters, recall
     <root>/current.json                    publish: the pointer to the served version
 
-Every folder keyed by ds is written staged (jobs.storage) and never modified in place.
+Every folder keyed by ds is written staged (artefacts.storage) and never modified in place.
 """
 from __future__ import annotations
 

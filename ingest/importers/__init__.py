@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from jobs.importers.amazon_ratings import iter_amazon_ratings, read_amazon_ratings
-from jobs.importers.amazon_seq import read_amazon_seq
-from jobs.importers.common import (RawEventsWriter, ReadStats, report_stats, require_file,
+from ingest.importers.amazon_ratings import iter_amazon_ratings, read_amazon_ratings
+from ingest.importers.amazon_seq import read_amazon_seq
+from ingest.importers.common import (RawEventsWriter, ReadStats, report_stats, require_file,
                                    write_raw_batches, write_raw_events)
-from jobs.importers.movielens import read_movielens
-from jobs.importers.taobao import iter_taobao, read_taobao
+from ingest.importers.movielens import read_movielens
+from ingest.importers.taobao import iter_taobao, read_taobao
 
 __all__ = ["FORMATS", "ImportResult", "RawEventsWriter", "ReadStats", "import_any",
            "iter_amazon_ratings", "iter_taobao", "read_amazon_ratings", "read_amazon_seq",

@@ -2,7 +2,7 @@
 
 Every importer turns its format into tables with the RAW_EVENTS data columns and
 hands them to one `RawEventsWriter`, which splits rows into `ds=` partitions and
-publishes each partition atomically (jobs.storage.staged_dir).
+publishes each partition atomically (artefacts.storage.staged_dir).
 
 Nothing is lost silently: lines that cannot become a row (wrong number of fields)
 are counted in `ReadStats` and logged with a sample; fields that cannot be parsed
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from jobs.storage import staged_dir
+from artefacts.storage import staged_dir
 from schemas.tables import RAW_EVENTS
 
 log = logging.getLogger(__name__)

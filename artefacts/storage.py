@@ -58,13 +58,33 @@ def staged_dir(final: Path | str) -> Iterator[Path]:
     publish_dir(tmp, final)
 
 
-def write_json(path: Path | str, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a unique temporary path beside `path`; on success rename it to `path`.
+
+    The one way a single file is written anywhere in the project: a reader sees the
+    old file or the new one, never half of one, and two writers never share a
+    temporary name. On any exception the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    """Write text atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path | str, obj: Any, *, sort_keys: bool = True) -> None:
+    """Write JSON atomically (`atomic_path`), indented, with a final newline."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def remove_stale_temporaries(folder: Path | str) -> int:

@@ -1,12 +1,11 @@
 """The paper's Table 2 on one prep output: YouTube DNN, MIND-1 and MIND-K trained with the
 same data, budget and seed, next to popularity, item-based CF and ALS (WALS).
 
-    python -m mind_model.compare --data SEQ_DIR --out OUT [--epochs N] [--nproc 2] [--truth DIR]
+    python -m experiments.compare --data SEQ_DIR --out OUT [--epochs N] [--nproc 2] [--truth DIR]
         [--set embed_dim=32] [--set mind.n_interests=3] [--split valid]
 
 `compare(seq_dir, out_dir, ...)` is the callable core. For each variant it calls
-`train.train` (one process, or `nproc` processes through torch's `elastic_launch`,
-the in-process torchrun) with the SAME TrainConfig apart from `variant` — data, epochs /
+`train.train` (one process, or `nproc` processes through `mind_model.launch`) with the SAME TrainConfig apart from `variant` — data, epochs /
 max_steps, batch, seed, dimensions — and keeps each run's best.pt (best valid HR@50).
 Each best model, and each baseline fitted on the training samples only, is then scored
 on the held-out users of `split` (default test) with both protocols of
@@ -34,18 +33,20 @@ Overrides (`overrides` / `--set`) are TrainConfig fields; `mind.<field>=v`,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from artefacts.storage import write_json, write_text
+from experiments.overrides import parse_overrides
+from experiments.stats import hr_se, paired_difference, relative
+from mind_model.metrics import HR_NS
 
 log = logging.getLogger(__name__)
 
@@ -54,102 +55,13 @@ METHOD_NAMES = {"popularity": "Popularity", "itemcf": "ItemCF", "als": "ALS (WAL
                 "youtube": "YouTube DNN", "mind1": "MIND-1", "mind": "MIND-K"}
 BASELINE_ORDER = ("popularity", "itemcf", "als")
 REFERENCE = "youtube"
-PAPER_NS = (10, 50, 100)
-COMIREC_NS = (20, 50)
 
 
 # ------------------------------------------------------------------------- helpers
 
 
-def hr_se(hr: float, users: int) -> float:
-    """Binomial standard error of a hit rate over `users` independent users."""
-    return math.sqrt(max(hr * (1.0 - hr), 0.0) / users) if users else float("nan")
-
-
-def relative(value: float, reference: float) -> float:
-    """(value - reference) / reference; nan when the reference is 0."""
-    return (value - reference) / reference if reference else float("nan")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text aside, then rename it into place: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def parse_overrides(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """["embed_dim=32", "mind.n_interests=3", "tower_hidden=256,128"] ->
-    (common overrides, {variant: overrides}). Values are JSON when they parse, tuples for
-    comma lists, else strings ("inf" -> float inf)."""
-    common: dict[str, Any] = {}
-    per: dict[str, dict[str, Any]] = {}
-    types = {f.name: str(f.type) for f in dataclasses.fields(_train_config_cls())}
-    fields = set(types)
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        variant, dot, name = key.partition(".")
-        if not dot:
-            variant, name = "", key
-        elif variant not in VARIANT_ORDER:
-            raise ValueError(f"unknown variant {variant!r} in {item!r} (one of {VARIANT_ORDER})")
-        if name not in fields:
-            raise ValueError(f"unknown TrainConfig field {name!r} in {item!r}")
-        value: Any
-        if raw.lower() in ("inf", "infinity"):
-            value = math.inf
-        elif "," in raw:
-            value = tuple(json.loads(x) for x in raw.split(",") if x)
-        else:
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-        if types[name].startswith("tuple") and not isinstance(value, tuple):
-            value = (value,)  # "tower_hidden=256": one layer
-        (per.setdefault(variant, {}) if variant else common)[name] = value
-    return common, per
-
-
-def _train_config_cls():
-    from mind_model.train import TrainConfig
-    return TrainConfig
-
-
-def _train_worker(cfg) -> dict:
-    """Entry point of each elastic_launch process (module level, so spawn can import it)."""
-    import mind_model.train as train_mod
-    return train_mod.train(cfg)
-
-
-def run_training(cfg, nproc: int = 1) -> dict[str, Any]:
-    """train(cfg) in this process, or on `nproc` local processes (gloo/nccl) via
-    elastic_launch; returns rank 0's result."""
-    from mind_model.train import train
-
-    if nproc <= 1:
-        return train(cfg)
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=0.5, start_method="spawn")
-    # torchrun's convention: one intra-op thread per process unless told otherwise
-    old = os.environ.get("OMP_NUM_THREADS")
-    if old is None and cfg.threads is None:
-        os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        results = elastic_launch(launch, _train_worker)(cfg)
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-    return results[0]
-
-
 def _metrics_row(paper: Mapping[str, float], comirec: Mapping[str, float] | None) -> dict[str, Any]:
-    row: dict[str, Any] = {f"hr@{n}": float(paper[f"hr@{n}"]) for n in PAPER_NS}
+    row: dict[str, Any] = {f"hr@{n}": float(paper[f"hr@{n}"]) for n in HR_NS}
     row["users"] = int(paper["users"])
     row["hr@50_se"] = hr_se(row["hr@50"], row["users"])
     row["users_per_s"] = float(paper.get("users_per_s", float("nan")))
@@ -174,17 +86,8 @@ def add_relative(methods: dict[str, dict[str, Any]], reference: str = REFERENCE)
         return
     ref = methods[reference]
     for row in methods.values():
-        for n in PAPER_NS:
+        for n in HR_NS:
             row[f"rel_hr@{n}"] = relative(row[f"hr@{n}"], ref[f"hr@{n}"])
-
-
-def paired_difference(hits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error of the per-user difference of two hit vectors on the SAME
-    users: much tighter than the two HRs' own errors when the methods agree on most users."""
-    d = np.asarray(hits, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    if d.size < 2:
-        return float(d.mean()) if d.size else float("nan"), float("nan")
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def add_paired(methods: dict[str, dict[str, Any]], hits: Mapping[str, np.ndarray],
@@ -271,13 +174,7 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
             heatmap_users: int = 4, device: str = "cpu") -> dict[str, Any]:
     """Train `variants` with one budget and seed, score them and `baselines` on `split`;
     write compare.json, compare.md, coupling_heatmap.png into out_dir; return the JSON."""
-    import torch
-
-    from mind_model.baselines import build
-    from mind_model.checkpoint import load_model
-    from mind_model.data import load_meta, read_eval, read_train
-    from mind_model.evaluate import ModelRecommender
-    from mind_model.train import TrainConfig
+    from mind_model.data import load_meta, read_eval
 
     t_start = time.time()
     seq_dir, out_dir = Path(seq_dir), Path(out_dir)
@@ -294,112 +191,152 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
 
     common = dict(overrides or {})
     per_variant = {k: dict(v) for k, v in (variant_overrides or {}).items()}
-    methods: dict[str, dict[str, Any]] = {}
-    hits: dict[str, np.ndarray] = {}  # method -> (U,) HR@50 hit of each held-out user
     settings: dict[str, Any] = {"data": str(seq_dir), "split": split, "epochs": epochs,
                                 "max_steps": max_steps, "seed": seed, "nproc": nproc,
                                 "overrides": common, "variant_overrides": per_variant,
                                 "train_configs": {}}
-
-    # --- baselines (fitted on training samples only)
+    methods: dict[str, dict[str, Any]] = {}
+    hits: dict[str, np.ndarray] = {}  # method -> (U,) HR@50 hit of each held-out user
     if baselines:
-        train_samples = read_train(seq_dir)
-        for name in baselines:
-            t0 = time.perf_counter()
-            log.info("baseline %s: fitting", name)
-            rec = build(name, meta.n_items, meta.active_items,
-                        **dict((baseline_params or {}).get(name, {}))).fit(train_samples)
-            fit_s = time.perf_counter() - t0
-            row, hits[name] = _score(rec, samples)
-            row["fit_s"] = fit_s
-            methods[name] = row
-            log.info("baseline %s: HR@50 %.4f (fit %.0fs)", name, row["hr@50"], fit_s)
-        del train_samples
-
-    # --- the three neural variants, same data / budget / seed
-    models: dict[str, Any] = {}
+        score_baselines(seq_dir, meta, samples, baselines, baseline_params or {}, methods, hits)
+    budget = dict(epochs=epochs, max_steps=max_steps, seed=seed)
+    models = {}
     for variant in variants:
-        kw = dict(progress=False, test_at_end=False)
-        kw.update(common)
-        kw.update(per_variant.get(variant, {}))
-        kw.update(data_dir=str(seq_dir), out_dir=str(out_dir / "runs" / variant), variant=variant,
-                  epochs=epochs, max_steps=max_steps, seed=seed)
-        cfg = TrainConfig(**kw)
+        cfg = variant_config(seq_dir, out_dir, variant, budget, common,
+                             per_variant.get(variant, {}))
         settings["train_configs"][variant] = cfg.to_dict()
-        t0 = time.perf_counter()
-        log.info("training %s (%s) for %d epochs%s on %d process(es)", METHOD_NAMES[variant],
-                 variant, epochs, f" / {max_steps} steps" if max_steps else "", nproc)
-        result = run_training(cfg, nproc)
-        train_s = time.perf_counter() - t0
-        model = load_model(result["best"], device)
-        rec = ModelRecommender(model, meta.active_items, device=device)
-        row, hits[variant] = _score(rec, samples)
-        hist = result.get("history") or []
-        row.update(train_s=train_s, best_epoch=(result.get("best_valid") or {}).get("epoch"),
-                   valid_hr50_by_epoch=[h.get("valid_hr@50") for h in hist],
-                   loss_by_epoch=[h.get("loss") for h in hist],
-                   samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else None)
-        methods[variant] = row
-        models[variant] = model
-        log.info("%s: %s HR@50 %.4f (best epoch %s, %.0fs)", METHOD_NAMES[variant], split,
-                 row["hr@50"], row["best_epoch"], train_s)
+        methods[variant], hits[variant], models[variant] = train_and_score(
+            cfg, nproc, meta, samples, device)
 
     add_relative(methods)
     add_paired(methods, hits)
-    order = [m for m in (*BASELINE_ORDER, *VARIANT_ORDER) if m in methods]
-    methods = {m: methods[m] for m in order}
-
-    # --- interpretation of MIND-K: heat map and interest report
-    interests: dict[str, Any] = {}
-    heatmap_path = None
+    methods = {m: methods[m] for m in (*BASELINE_ORDER, *VARIANT_ORDER) if m in methods}
+    interests, heatmap_path = {}, None
     if "mind" in models:
-        from mind_model.interpret import coupling_heatmap, interest_report, load_truth
-
-        model = models["mind"]
-        truth = load_truth(truth_dir, seq_dir) if truth_dir else None
-        log.info("interest report of MIND-K%s", " with the true clusters" if truth else "")
-        with torch.no_grad():
-            interests = interest_report(model, samples, truth, candidates=meta.active_items)
-        if heatmap_users:
-            rows = pick_heatmap_users(samples, heatmap_users, seed)
-            heatmap_path = out_dir / "coupling_heatmap.png"
-            names = None
-            if truth is not None:  # label behaviours with their true cluster: c<cluster>:<idx>
-                ic = truth.item_cluster
-                names = {int(i): f"c{ic[i]}:{i}" for i in np.unique(samples["hist"][rows])
-                         if 0 <= i < len(ic)}
-            coupling_heatmap(model, samples, rows, heatmap_path, item_names=names)
-            interests["heatmap_users"] = [int(samples["user_idx"][r]) for r in rows] \
-                if "user_idx" in samples else rows
-
+        interests, heatmap_path = interpret_mind(models["mind"], seq_dir, out_dir, samples,
+                                                 meta.active_items, truth_dir, heatmap_users,
+                                                 seed)
     result = {"settings": settings, "methods": methods, "interests": interests,
               "reference": REFERENCE, "heatmap": str(heatmap_path) if heatmap_path else None,
               "wall_s": time.time() - t_start}
-    title = f"HR@N on the {split} users of {seq_dir.name} ({len(samples['target'])} users)"
-    md = [f"# Compare: {seq_dir}", "",
-          f"Same data, budget ({epochs} epochs" + (f", max {max_steps} steps" if max_steps else "")
-          + f"), seed {seed}, {nproc} process(es); each model = best valid HR@50 epoch. "
-          f"Overrides: {json.dumps(common, default=str)}; per variant: "
-          f"{json.dumps(per_variant, default=str)}.", "", markdown_table(methods, title)]
-    if interests:
-        md.append(_fmt_interest_report(interests))
-    if heatmap_path:
-        md.append(f"\nCoupling coefficients of MIND-K for users {interests['heatmap_users']}: "
-                  f"`{heatmap_path.name}`\n")
-    atomic_write_text(out_dir / "compare.json",
-                  json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
-    atomic_write_text(out_dir / "compare.md", "\n".join(md))
-    result["markdown"] = "\n".join(md)
+    md = report_markdown(result, seq_dir, len(samples["target"]))
+    write_json(out_dir / "compare.json", result, sort_keys=False)
+    write_text(out_dir / "compare.md", md)
+    result["markdown"] = md
     log.info("wrote %s and %s in %.0fs", out_dir / "compare.json", out_dir / "compare.md",
              time.time() - t_start)
     return result
+
+
+def score_baselines(seq_dir: Path, meta, samples: Mapping[str, Any], names: Sequence[str],
+                    params: Mapping[str, Mapping[str, Any]], methods: dict[str, dict[str, Any]],
+                    hits: dict[str, np.ndarray]) -> None:
+    """Fit each baseline on the training samples only and score it on `samples`."""
+    from mind_model.baselines import build
+    from mind_model.data import read_train
+
+    train_samples = read_train(seq_dir)
+    for name in names:
+        t0 = time.perf_counter()
+        log.info("baseline %s: fitting", name)
+        rec = build(name, meta.n_items, meta.active_items,
+                    **dict(params.get(name, {}))).fit(train_samples)
+        fit_s = time.perf_counter() - t0
+        row, hits[name] = _score(rec, samples)
+        row["fit_s"] = fit_s
+        methods[name] = row
+        log.info("baseline %s: HR@50 %.4f (fit %.0fs)", name, row["hr@50"], fit_s)
+
+
+def variant_config(seq_dir: Path, out_dir: Path, variant: str, budget: Mapping[str, Any],
+                   common: Mapping[str, Any], own: Mapping[str, Any]):
+    """The TrainConfig of one variant: the SAME for all apart from `variant` and its own
+    overrides; its run lives in out_dir/runs/<variant>/ (a rerun resumes it)."""
+    from mind_model.train import TrainConfig
+
+    kw: dict[str, Any] = dict(progress=False, test_at_end=False)
+    kw.update(common)
+    kw.update(own)
+    kw.update(data_dir=str(seq_dir), out_dir=str(out_dir / "runs" / variant), variant=variant,
+              **budget)
+    return TrainConfig(**kw)
+
+
+def train_and_score(cfg, nproc: int, meta, samples: Mapping[str, Any],
+                    device: str) -> tuple[dict[str, Any], np.ndarray, Any]:
+    """Train one variant, score its best.pt; (table row, per-user HR@50 hits, model)."""
+    from mind_model.checkpoint import load_model
+    from mind_model.evaluate import ModelRecommender
+    from mind_model.launch import run_training
+
+    t0 = time.perf_counter()
+    log.info("training %s (%s) for %d epochs%s on %d process(es)", METHOD_NAMES[cfg.variant],
+             cfg.variant, cfg.epochs, f" / {cfg.max_steps} steps" if cfg.max_steps else "", nproc)
+    result = run_training(cfg, nproc)
+    train_s = time.perf_counter() - t0
+    model = load_model(result["best"], device)
+    row, hit50 = _score(ModelRecommender(model, meta.active_items, device=device), samples)
+    hist = result.get("history") or []
+    row.update(train_s=train_s, best_epoch=(result.get("best_valid") or {}).get("epoch"),
+               valid_hr50_by_epoch=[h.get("valid_hr@50") for h in hist],
+               loss_by_epoch=[h.get("loss") for h in hist],
+               samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else None)
+    log.info("%s: HR@50 %.4f (best epoch %s, %.0fs)", METHOD_NAMES[cfg.variant], row["hr@50"],
+             row["best_epoch"], train_s)
+    return row, hit50, model
+
+
+def interpret_mind(model, seq_dir: Path, out_dir: Path, samples: Mapping[str, Any],
+                   candidates: np.ndarray, truth_dir: Path | str | None, heatmap_users: int,
+                   seed: int) -> tuple[dict[str, Any], Path | None]:
+    """MIND-K's interest report and coupling heat map (the paper's case study)."""
+    import torch
+
+    from mind_model.interpret import coupling_heatmap, interest_report, load_truth
+
+    truth = load_truth(truth_dir, seq_dir) if truth_dir else None
+    log.info("interest report of MIND-K%s", " with the true clusters" if truth else "")
+    with torch.no_grad():
+        interests = interest_report(model, samples, truth, candidates=candidates)
+    if not heatmap_users:
+        return interests, None
+    rows = pick_heatmap_users(samples, heatmap_users, seed)
+    heatmap_path = out_dir / "coupling_heatmap.png"
+    names = None
+    if truth is not None:  # label behaviours with their true cluster: c<cluster>:<idx>
+        ic = truth.item_cluster
+        names = {int(i): f"c{ic[i]}:{i}" for i in np.unique(samples["hist"][rows])
+                 if 0 <= i < len(ic)}
+    coupling_heatmap(model, samples, rows, heatmap_path, item_names=names)
+    interests["heatmap_users"] = [int(samples["user_idx"][r]) for r in rows] \
+        if "user_idx" in samples else rows
+    return interests, heatmap_path
+
+
+def report_markdown(result: Mapping[str, Any], seq_dir: Path, n_users: int) -> str:
+    """compare.md: the settings line, the table and MIND-K's interests."""
+    s, interests = result["settings"], result["interests"]
+    title = f"HR@N on the {s['split']} users of {seq_dir.name} ({n_users} users)"
+    md = [f"# Compare: {seq_dir}", "",
+          f"Same data, budget ({s['epochs']} epochs"
+          + (f", max {s['max_steps']} steps" if s["max_steps"] else "")
+          + f"), seed {s['seed']}, {s['nproc']} process(es); each model = best valid HR@50 "
+          f"epoch. Overrides: {json.dumps(s['overrides'], default=str)}; per variant: "
+          f"{json.dumps(s['variant_overrides'], default=str)}.", "",
+          markdown_table(result["methods"], title)]
+    if interests:
+        md.append(_fmt_interest_report(interests))
+    if result["heatmap"]:
+        md.append(f"\nCoupling coefficients of MIND-K for users {interests['heatmap_users']}: "
+                  f"`{Path(result['heatmap']).name}`\n")
+    return "\n".join(md)
 
 
 # ------------------------------------------------------------------------------ CLI
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mind_model.compare",
+    p = argparse.ArgumentParser(prog="python -m experiments.compare",
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="sequences/ds=<ds> folder")

@@ -1,4 +1,4 @@
-"""Command line: `python -m jobs.importers.cli FORMAT --out DIR [--snapshot-ds D] PATHS...`."""
+"""Command line: `python -m ingest.importers.cli FORMAT --out DIR [--snapshot-ds D] PATHS...`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from jobs.importers import FORMATS, import_any
+from ingest.importers import FORMATS, import_any
 
 
 def _instant(s: str) -> datetime:
@@ -18,7 +18,7 @@ def _instant(s: str) -> datetime:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m jobs.importers.cli",
+        prog="python -m ingest.importers.cli",
         description="Import public interaction data into raw event partitions.",
         epilog="inputs: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     p.add_argument("format", choices=sorted(FORMATS))

@@ -1,8 +1,8 @@
 """Hyper-parameter sweeps of MIND, like the paper's Figure 3 (σ of the routing logits'
 initialisation, and p of label-aware attention).
 
-    python -m mind_model.sweep --data SEQ_DIR --out OUT --param sigma --values 0.1,1,5
-    python -m mind_model.sweep --data SEQ_DIR --out OUT --param pow_p --values 0,1,2,inf \
+    python -m experiments.sweep --data SEQ_DIR --out OUT --param sigma --values 0.1,1,5
+    python -m experiments.sweep --data SEQ_DIR --out OUT --param pow_p --values 0,1,2,inf \
         [--epochs N] [--set embed_dim=32] [--split test]
 
 `sweep(seq_dir, out_dir, param, values, ...)` trains one MIND-K run per value (same data,
@@ -25,10 +25,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from artefacts.storage import atomic_path, write_json
+from experiments.overrides import parse_overrides
+from experiments.stats import hr_se
+from mind_model.metrics import HR_NS
+
 log = logging.getLogger(__name__)
 
 ALIASES = {"sigma": "routing_sigma", "p": "pow_p", "K": "n_interests", "k": "n_interests"}
-NS = (10, 50, 100)
 
 
 def parse_values(text: str) -> list[float | int | str]:
@@ -62,7 +66,7 @@ def plot(points: Sequence[Mapping[str, Any]], param: str, path: Path, title: str
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for n in NS:
+    for n in HR_NS:
         ax.plot(xs, [p[f"hr@{n}"] for p in points], marker="o", label=f"HR@{n}")
     if numeric and max(vals) / min(vals) > 20:
         ax.set_xscale("log")
@@ -74,9 +78,8 @@ def plot(points: Sequence[Mapping[str, Any]], param: str, path: Path, title: str
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence[Any], *,
@@ -87,9 +90,9 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
     import dataclasses
 
     from mind_model.checkpoint import load_model
-    from mind_model.compare import hr_se, run_training
     from mind_model.data import load_meta, read_eval
     from mind_model.evaluate import ModelRecommender, evaluate
+    from mind_model.launch import run_training
     from mind_model.train import TrainConfig
 
     field = ALIASES.get(param, param)
@@ -114,8 +117,8 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
         t0 = time.perf_counter()
         res = run_training(cfg, nproc)
         model = load_model(res["best"], device)
-        hr = evaluate(ModelRecommender(model, meta.active_items, device=device), samples, ns=NS)
-        point = {"value": v, "label": _label(v), **{f"hr@{n}": float(hr[f"hr@{n}"]) for n in NS},
+        hr = evaluate(ModelRecommender(model, meta.active_items, device=device), samples, ns=HR_NS)
+        point = {"value": v, "label": _label(v), **{f"hr@{n}": float(hr[f"hr@{n}"]) for n in HR_NS},
                  "hr@50_se": hr_se(float(hr["hr@50"]), int(hr["users"])), "users": int(hr["users"]),
                  "best_epoch": (res.get("best_valid") or {}).get("epoch"),
                  "valid_hr@50": (res.get("best_valid") or {}).get("valid_hr@50"),
@@ -129,18 +132,14 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
                            "overrides": dict(overrides or {})},
               "wall_s": time.time() - t_start}
     js, png = out_dir / f"sweep_{field}.json", out_dir / f"sweep_{field}.png"
-    tmp = js.with_name(f".{js.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(js)
+    write_json(js, result, sort_keys=False)
     plot(points, field, png, f"MIND ({variant}) on {seq_dir.name}, {split} users: HR@N vs {field}")
     result["json"], result["png"] = str(js), str(png)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mind_model.compare import parse_overrides
-
-    p = argparse.ArgumentParser(prog="python -m mind_model.sweep", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="sequences/ds=<ds> folder")
     p.add_argument("--out", type=Path, required=True)
@@ -162,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     res = sweep(a.data, a.out, a.param, parse_values(a.values), epochs=a.epochs,
                 max_steps=a.max_steps, seed=a.seed, overrides=common, variant=a.variant,
                 nproc=a.nproc, split=a.split)
-    print(f"{res['param']:>14} | " + " | ".join(f"HR@{n:<4}" for n in NS) + " | HR@50 SE")
+    print(f"{res['param']:>14} | " + " | ".join(f"HR@{n:<4}" for n in HR_NS) + " | HR@50 SE")
     for pt in res["points"]:
-        print(f"{pt['label']:>14} | " + " | ".join(f"{pt[f'hr@{n}']:.4f}" for n in NS)
+        print(f"{pt['label']:>14} | " + " | ".join(f"{pt[f'hr@{n}']:.4f}" for n in HR_NS)
               + f" | {pt['hr@50_se']:.4f}")
     print(f"wrote {res['json']} and {res['png']}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.importers.common import (ReadStats, drop_below, numbers, raw_table,
+from ingest.importers.common import (ReadStats, drop_below, numbers, raw_table,
                                    read_csv_table, report_stats, unix_seconds)
 
 NO_GENRE = "(no genres listed)"

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs.importers.common import TIMESTAMP, ReadStats, raw_table, require_file
+from ingest.importers.common import TIMESTAMP, ReadStats, raw_table, require_file
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Several `compare` runs summarised as one table: mean HRs and the mean paired
 difference from YouTube DNN (or `--reference`) with its standard error across the runs.
 
-    python -m mind_model.aggregate RUN_DIR [RUN_DIR ...] [--out DIR] [--metric hr@50]
+    python -m experiments.aggregate RUN_DIR [RUN_DIR ...] [--out DIR] [--metric hr@50]
         [--reference youtube]
 
 One compare run on ~1,000 held-out users cannot separate models whose HR@50 differs
@@ -26,22 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mind_model.compare import (BASELINE_ORDER, METHOD_NAMES, PAPER_NS, REFERENCE, VARIANT_ORDER,
-                                atomic_write_text)
+from artefacts.storage import write_json, write_text
+from experiments.compare import BASELINE_ORDER, METHOD_NAMES, REFERENCE, VARIANT_ORDER
+from experiments.stats import mean_se
+from mind_model.metrics import HR_NS
 
-METRICS = tuple(f"hr@{n}" for n in PAPER_NS)
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error sd / sqrt(n) (sample sd, n - 1); SE is nan for n < 2."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+METRICS = tuple(f"hr@{n}" for n in HR_NS)
 
 
 def _test_set(run: Mapping[str, Any]) -> tuple[str, str]:
@@ -152,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        atomic_write_text(args.out / "summary.md", text)
+        write_json(args.out / "summary.json", summary, sort_keys=False)
+        write_text(args.out / "summary.md", text)
     return 0
 
 

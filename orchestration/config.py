@@ -7,7 +7,7 @@ files call `load_config()` at parse time, which must stay cheap.
 
 | setting            | environment variable       | default      | meaning |
 |--------------------|----------------------------|--------------|---------|
-| data_root          | MIND_DATA_ROOT             | ./data       | root of every artefact (jobs.layout) |
+| data_root          | MIND_DATA_ROOT             | ./data       | root of every artefact (artefacts.layout) |
 | spark_conn_id      | MIND_SPARK_CONN_ID         | spark_mind   | Airflow connection holding the Spark master (`AIRFLOW_CONN_SPARK_MIND`) |
 | spark_conf         | MIND_SPARK_CONF            | (none)       | extra Spark conf, `key=value,key=value` |
 | driver_memory      | MIND_SPARK_DRIVER_MEMORY   | 2g           | spark-submit --driver-memory |

@@ -54,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.storage import staged_dir, write_json
+from artefacts.storage import staged_dir, write_json
 from schemas.tables import BEHAVIORS, RAW_EVENTS, USER_PROFILES
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,173 @@
+"""The "current" pointer: which model + index + user vectors are served, switched atomically.
+
+`<root>/current.json` names, relative to the data root, the folders of ONE version:
+
+    {"ds": "2026-11-28", "model_version": "3f2a...", "model": "models/ds=.../model.pt",
+     "index": "index/ds=...", "user_vectors": "embeddings/ds=.../users",
+     "item_embeddings": "embeddings/ds=.../items", "sequences": "sequences/ds=...",
+     "published_at": "...", "previous": {the pointer it replaced, without its own previous}}
+
+`publish` checks that the three artefacts exist and were all made from the same
+model file (same content hash), then replaces the pointer with one `os.replace`:
+a reader sees the old version or the new one, never a mix. The previous pointer is
+kept inside the new one; `rollback` swaps them back (a second rollback rolls
+forward again). Artefact folders are never deleted here.
+
+The command line is `python -m jobs.publish` (a step of the pipeline); this module is the
+library every reader and writer of the pointer shares.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from artefacts.layout import MANIFEST, DataLayout
+from artefacts.storage import write_json
+
+log = logging.getLogger(__name__)
+
+ARTEFACTS = ("model", "index", "user_vectors", "item_embeddings", "sequences")
+
+
+class PublishError(RuntimeError):
+    """The version cannot be made current (missing or mismatched artefacts)."""
+
+
+class NoCurrentVersion(FileNotFoundError):
+    """Nothing has been published under this data root yet."""
+
+
+def model_version(model_path: Path | str) -> str:
+    """Content hash of a model file (16 hex digits): identical files, identical version."""
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the stage that writes {folder} has not "
+                                f"completed")
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A parsed current.json; paths resolved against the data root."""
+
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def ds(self) -> str:
+        return self.data["ds"]
+
+    @property
+    def model_version(self) -> str:
+        return self.data["model_version"]
+
+    def path(self, artefact: str) -> Path:
+        if artefact not in ARTEFACTS:
+            raise KeyError(f"unknown artefact {artefact!r}; one of {ARTEFACTS}")
+        return self.root / self.data[artefact]
+
+    @property
+    def previous(self) -> "Pointer | None":
+        prev = self.data.get("previous")
+        return Pointer(self.root, prev) if prev else None
+
+
+def read_current(root: Path | str) -> Pointer:
+    """The served version under `root`; raises NoCurrentVersion if none was published."""
+    layout = DataLayout(Path(root))
+    try:
+        data = json.loads(layout.current.read_text())
+    except FileNotFoundError:
+        raise NoCurrentVersion(f"no published version under {layout.root} ({layout.current} "
+                               f"missing): run the pipeline and `python -m jobs.publish`") from None
+    return Pointer(layout.root, data)
+
+
+def version_pointer(root: Path | str, ds: str) -> dict[str, Any]:
+    """The pointer for `ds` after checking its artefacts agree; raises PublishError."""
+    layout = DataLayout(Path(root))
+    paths = {
+        "model": layout.model_file(ds), "index": layout.index(ds),
+        "user_vectors": layout.user_vectors(ds), "item_embeddings": layout.item_embeddings(ds),
+        "sequences": layout.sequences(ds),
+    }
+    missing = [f"{k} ({p})" for k, p in paths.items() if not p.exists()]
+    if missing:
+        raise PublishError(f"ds={ds} cannot be published, missing: {', '.join(missing)}")
+    try:
+        versions = {
+            "model file": model_version(paths["model"]),
+            "user embeddings": read_manifest(layout.embeddings(ds))["model_version"],
+            "index": read_manifest(layout.index(ds))["model_version"],
+        }
+    except (FileNotFoundError, KeyError) as e:
+        raise PublishError(f"ds={ds} cannot be published: {e}") from e
+    if len(set(versions.values())) != 1:
+        raise PublishError(f"ds={ds}: artefacts come from different models {versions}; "
+                           f"rerun embed_users and build_index for this model")
+    return {"ds": ds, "model_version": versions["model file"],
+            **{k: layout.relative(p) for k, p in paths.items()}}
+
+
+def _verify(root: Path, pointer: dict[str, Any]) -> None:
+    fresh = version_pointer(root, pointer["ds"])
+    if fresh["model_version"] != pointer["model_version"]:
+        raise PublishError(f"ds={pointer['ds']} now holds model {fresh['model_version']}, not "
+                           f"{pointer['model_version']}: its artefacts were rebuilt since")
+
+
+def _strip(pointer: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if pointer is None else {k: v for k, v in pointer.items() if k != "previous"}
+
+
+def _replace_current(root: Path, new: dict[str, Any], previous: dict[str, Any] | None) -> Pointer:
+    layout = DataLayout(root)
+    data = {**_strip(new), "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "previous": _strip(previous)}
+    write_json(layout.current, data)  # temporary file + os.replace: the one atomic step
+    return Pointer(layout.root, data)
+
+
+def publish(root: Path | str, ds: str) -> Pointer:
+    """Make the model + index + user vectors of `ds` current, in one atomic step."""
+    root = Path(root)
+    new = version_pointer(root, ds)
+    try:
+        old = read_current(root).data
+    except NoCurrentVersion:
+        old = None
+    if old is not None and all(old.get(k) == v for k, v in new.items()):
+        # republishing the served version must not overwrite the real previous one
+        log.info("ds=%s (model %s) is already current", ds, new["model_version"])
+        return Pointer(root, old)
+    pointer = _replace_current(root, new, old)
+    log.info("published ds=%s, model %s (previous: %s)", ds, new["model_version"],
+             old and f"ds={old['ds']}, model {old['model_version']}")
+    return pointer
+
+
+def rollback(root: Path | str) -> Pointer:
+    """Make the previous version current again (its artefacts are re-checked first)."""
+    root = Path(root)
+    current = read_current(root)
+    prev = current.data.get("previous")
+    if not prev:
+        raise PublishError(f"no previous version recorded in {DataLayout(root).current}")
+    _verify(root, prev)
+    pointer = _replace_current(root, prev, current.data)
+    log.info("rolled back from ds=%s (model %s) to ds=%s (model %s)", current.ds,
+             current.model_version, prev["ds"], prev["model_version"])
+    return pointer

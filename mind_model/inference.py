@@ -1,0 +1,71 @@
+"""f_user at inference: ids in (numpy or torch), each user's ACTIVE interest vectors out.
+
+One place for what every caller of a trained model needs, so that the Spark embedding job
+(`jobs.embed_users`), on-the-fly retrieval (`serving.retrieval`), evaluation
+(`evaluate.ModelRecommender`) and the publish gate compute exactly the same vectors:
+
+- `model_inputs(cfg, hist, profile)`: ids the model has no row for (items or profile
+  values newer than the model, or negative ids) become 1 = unknown instead of failing
+  the lookup; profile fields the model embeds but the caller lacks are unknown too.
+- `interest_vectors(model, hist (B,L), hist_len (B,), profile) -> (list of (K'_u, D), k (B,))`
+  runs `MIND.user_interests` in inference mode (the model must be in eval mode, which
+  makes routing deterministic) and drops the masked interests (never zero-filled).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mind_model.config import ModelConfig
+from mind_model.model import MIND
+from schemas import UNK_IDX
+
+
+def known_ids(ids: np.ndarray | Tensor, size: int) -> Tensor:
+    """Ids outside [0, size) -> UNK_IDX (padding 0 stays 0); a long tensor."""
+    t = ids if isinstance(ids, Tensor) else torch.from_numpy(np.asarray(ids))
+    t = t.long()
+    return t.masked_fill((t < 0) | (t >= size), UNK_IDX)
+
+
+def model_inputs(cfg: ModelConfig, hist: np.ndarray | Tensor,
+                 profile: Mapping[str, np.ndarray | Tensor] | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """(hist (B, L), {field: (B,)} or None) as the model can look them up (see module doc).
+
+    `profile` maps a profile field or its column name ("gender" or "gender_idx") to
+    (B,) ids; fields the model does not embed are ignored."""
+    hist = known_ids(hist, cfg.n_items)  # (B, L)
+    prof = {}
+    for f in cfg.profile_fields:
+        ids = None if profile is None else profile.get(f"{f}_idx", profile.get(f))
+        if ids is None:
+            ids = torch.full((hist.shape[0],), UNK_IDX, dtype=torch.long)
+        prof[f] = known_ids(ids, cfg.profile_vocab[f])  # (B,)
+    return hist, prof or None
+
+
+def pad_history(items: Sequence[int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last `max_len` of `items` (oldest first), right-padded: ((1, L), (1,))."""
+    tail = np.asarray(list(items)[-max_len:] if max_len else [], dtype=np.int64)
+    hist = np.zeros((1, max_len), dtype=np.int64)
+    hist[0, :len(tail)] = tail
+    return hist, np.array([len(tail)], dtype=np.int64)
+
+
+@torch.inference_mode()
+def interest_vectors(model: MIND, hist: np.ndarray, hist_len: np.ndarray,
+                     profile: Mapping[str, np.ndarray] | None = None
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each user's K'_u active interest vectors, float32 (K'_u, D), and K'_u (B,)."""
+    if model.training:
+        raise ValueError("the model must be in eval mode (deterministic routing); "
+                         "use mind_model.checkpoint.load_model or model.eval()")
+    hist_t, prof = model_inputs(model.cfg, hist, profile)  # (B, L), {field: (B,)}
+    hist_len = torch.from_numpy(np.asarray(hist_len, dtype=np.int64))  # (B,)
+    V, mask = model.user_interests(hist_t, hist_len, prof)  # (B, K, D), (B, K)
+    V, mask = V.float().cpu().numpy(), mask.cpu().numpy()
+    return [V[b][mask[b]] for b in range(len(V))], mask.sum(1).astype(np.int32)

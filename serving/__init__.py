@@ -1,0 +1,2 @@
+"""Online side: multi-interest retrieval from the published model, user vectors and index
+(`retrieval`)."""
