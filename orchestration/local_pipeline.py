@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artefacts.storage import write_text
 from orchestration.airflow_local import airflow_env, migrate, refresh_assets, run_daily_dag
 from orchestration.config import PROJECT_ROOT
 from orchestration.console import T0, say
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     recs = recommendations(root, sample_users(root))
     pngs = plots(out, cmp) if cmp["methods"] else []
     text = build_report(root, ds, source, dag, cmp, recs, pngs, time.time() - T0)
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     print("\n" + text)
     say(f"report: {out / 'report.md'} (+ {', '.join(pngs)})")
     return 0

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from experiments.compare import METHOD_NAMES
+from mind_model.metrics import HR_NS
 from orchestration.airflow_local import DAG_TASKS
 from orchestration.console import say
 
@@ -69,12 +71,6 @@ def recommendations(root: Path, users: list[str], n: int = 12) -> list[dict[str,
     return out
 
 
-def _method_names() -> dict[str, str]:
-    from experiments.compare import METHOD_NAMES
-
-    return METHOD_NAMES
-
-
 def plots(out: Path, cmp: dict[str, Any]) -> list[str]:
     import matplotlib
 
@@ -83,9 +79,9 @@ def plots(out: Path, cmp: dict[str, Any]) -> list[str]:
 
     files = []
     methods = cmp["methods"]
-    names = _method_names()
+    names = METHOD_NAMES
     order = [m for m in ("popularity", "youtube", "mind1", "mind") if m in methods]
-    ns = [10, 50, 100]
+    ns = HR_NS
     fig, ax = plt.subplots(figsize=(7, 3.8))
     w = 0.8 / len(order)
     for i, m in enumerate(order):
@@ -145,7 +141,7 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
     if quar:
         L += [f"Quarantined by reason: {quar}.", ""]
     methods = cmp["methods"]
-    names = _method_names()
+    names = METHOD_NAMES
     n_test = int(methods.get("mind", next(iter(methods.values()))).get("users", u["test"]))
     L += ["## HitRate (paper protocol, test users)", "",
           f"Same sequences, budget ({cmp['settings']['epochs']} epochs) and seed; "
