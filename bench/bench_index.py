@@ -145,8 +145,8 @@ def bench_extraction(n_items: int, dim: int, index, requests: int) -> dict:
     import torch
 
     from mind_model.config import ModelConfig
-    from mind_model.model import MIND
     from mind_model.inference import interest_vectors
+    from mind_model.model import MIND
 
     torch.manual_seed(0)
     cfg = ModelConfig(n_items=n_items + 2, n_categories=1000, n_brands=5000,

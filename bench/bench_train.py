@@ -7,8 +7,8 @@ build-sequences job once (cached under --work; reused when its stats.json exists
   negatives) with 1 process and with 2 processes (DDP over gloo, `elastic_launch`):
   the SAME PER-PROCESS batch, so the 2-process run steps with a global batch of 512;
   one intra-op thread per process in both runs; two epochs of --steps steps each, the
-  second one measured (the first is the warm-up), no evaluation during training. Also the share of each step spent
-  waiting for data (the reader must not starve the model).
+  second one measured (the first is the warm-up), no evaluation during training. Also
+  the share of each step spent waiting for data (the reader must not starve the model).
 - evaluation users/s: `evaluate.evaluate` (paper protocol, top-100 over the whole
   catalogue, one thread) of the trained model on the held-out users, repeated and
   the median taken; `recommend` alone is timed.
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="steps per epoch (2 epochs, the second measured)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="steps per epoch (2 epochs, the second measured)")
     p.add_argument("--batch-size", type=int, default=256, help="per process")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mind-bench-train",
                    help="generated data (cached between runs)")
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     for nproc in (1, 2):
         r = bench_training(seq, runs / f"p{nproc}", nproc, a.steps, a.batch_size)
         train[f"{nproc}_process"] = r
-        print(f"train, {nproc} process(es) x batch {a.batch_size}: {r['samples_per_s']:,.0f} samples/s "
+        print(f"train, {nproc} process(es) x batch {a.batch_size}: "
+              f"{r['samples_per_s']:,.0f} samples/s "
               f"({r['ms_per_step']:.1f} ms/step, data wait {r['data_wait_share']:.1%})", flush=True)
     ev = bench_eval(seq, train["1_process"]["best"])
     print(f"eval: {ev['users_per_s']:,.0f} users/s ({ev['users']} users, top-100 of "

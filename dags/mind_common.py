@@ -83,13 +83,12 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
         """Switch current.json to ds in one atomic rename (never back to an older ds)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from orchestration.steps import publish_decision
-        from artefacts.pointer import publish as do_publish
+        from orchestration.steps import publish_decision, publish_version
 
         ok, why = publish_decision(cfg.data_root, day)
         if not ok:
             raise AirflowSkipException(why)
-        return do_publish(cfg.data_root, day).data
+        return publish_version(cfg.data_root, day)
 
     first = train(ds)
     gate = evaluate_gate(ds)

@@ -50,7 +50,8 @@ def mind_daily():
         return resolve(context["params"].get("ds"), context.get("logical_date"))
 
     ds = resolve_ds()
-    sequences = spark_job(CFG, "build_sequences", "build_sequences", CFG.prep_args(xcom("resolve_ds")),
+    sequences = spark_job(CFG, "build_sequences", "build_sequences",
+                          CFG.prep_args(xcom("resolve_ds")),
                           outlets=[asset(CFG, "sequences")])
     first, _ = model_chain(CFG, ds, "resolve_ds")
     ds >> sequences >> first

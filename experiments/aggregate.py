@@ -69,7 +69,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
         def per_unit(value) -> list[float]:
             return [sum(value(r) for r in g) / len(g) for g in groups]
 
-        row: dict[str, Any] = {"n_runs": len(have), "units": per_unit(lambda r: float(r["methods"][m][metric]))}
+        row: dict[str, Any] = {"n_runs": len(have),
+                               "units": per_unit(lambda r: float(r["methods"][m][metric]))}
         for k in METRICS:
             row[f"mean_{k}"] = mean_se(per_unit(lambda r: float(r["methods"][m][k])))[0]
         diffs = per_unit(lambda r: float(r["methods"][m][metric])
@@ -100,15 +101,18 @@ def markdown(summary: Mapping[str, Any]) -> str:
         head += ("; all runs share one test set, so it measures the training seed only, not "
                  "the luck of the test users." if n > 1 else ".")
     lines = [head, "",
-             f"| Method | {metric}, per {unit} | " + " | ".join(f"mean {k.upper()}" for k in METRICS)
+             f"| Method | {metric}, per {unit} | "
+             + " | ".join(f"mean {k.upper()}" for k in METRICS)
              + f" | mean {metric.upper()} − {ref_name} (SE) | {unit}s ≥ {ref_name} |",
              "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|"]
     for m, row in summary["methods"].items():
         per_unit = " / ".join(f"{v:.3f}" for v in row["units"])
         diff = "—" if m == ref else (f"{row['mean_diff']:+.4f} ({row['diff_se']:.4f})"
-                                     if not math.isnan(row["diff_se"]) else f"{row['mean_diff']:+.4f}")
+                                     if not math.isnan(row["diff_se"])
+                                     else f"{row['mean_diff']:+.4f}")
         wins = "—" if m == ref else f"{row['units_at_least_reference']}/{len(row['diffs'])}"
-        name = METHOD_NAMES.get(m, m) + ("" if row["n_runs"] == n else f" ({row['n_runs']} of {n} runs)")
+        name = METHOD_NAMES.get(m, m) + ("" if row["n_runs"] == n
+                                         else f" ({row['n_runs']} of {n} runs)")
         lines.append(f"| {name} | {per_unit} | "
                      + " | ".join(f"{row[f'mean_{k}']:.4f}" for k in METRICS)
                      + f" | {diff} | {wins} |")
@@ -125,11 +129,13 @@ def load_run(path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="compare output folders (or compare.json files)")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="compare output folders (or compare.json files)")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and summary.md here")
     p.add_argument("--metric", default="hr@50", choices=METRICS)
     p.add_argument("--reference", default=REFERENCE, choices=sorted(METHOD_NAMES),
-                   help="the method the differences are taken from (e.g. mind1 for MIND-K vs MIND-1)")
+                   help="the method the differences are taken from "
+                        "(e.g. mind1 for MIND-K vs MIND-1)")
     args = p.parse_args(argv)
     try:
         summary = aggregate([load_run(r) for r in args.runs], metric=args.metric,

@@ -5,8 +5,9 @@ same data, budget and seed, next to popularity, item-based CF and ALS (WALS).
         [--set embed_dim=32] [--set mind.n_interests=3] [--split valid]
 
 `compare(seq_dir, out_dir, ...)` is the callable core. For each variant it calls
-`train.train` (one process, or `nproc` processes through `mind_model.launch`) with the SAME TrainConfig apart from `variant` — data, epochs /
-max_steps, batch, seed, dimensions — and keeps each run's best.pt (best valid HR@50).
+`train.train` (one process, or `nproc` processes through `mind_model.launch`) with the
+SAME TrainConfig apart from `variant` — data, epochs / max_steps, batch, seed,
+dimensions — and keeps each run's best.pt (best valid HR@50).
 Each best model, and each baseline fitted on the training samples only, is then scored
 on the held-out users of `split` (default test) with both protocols of
 `mind_model.evaluate`: the paper's HR@{10,50,100} and ComiRec's Recall/HR@{20,50}.
@@ -116,8 +117,10 @@ def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") ->
         lines.append(f"| {METHOD_NAMES.get(key, key)} | {row['hr@10']:.4f} | {row['hr@50']:.4f} | "
                      f"{row['hr@100']:.4f} | {row['hr@50_se']:.4f} | {rel_s} | {diff_s} |")
     if any("comirec" in r for r in methods.values()):
-        lines += ["", "ComiRec protocol (first 80 % of a held-out user's sequence predicts the rest):",
-                  "", "| Method | Recall@20 | Recall@50 | HR@20 | HR@50 |", "|---|---:|---:|---:|---:|"]
+        lines += ["",
+                  "ComiRec protocol (first 80 % of a held-out user's sequence predicts the rest):",
+                  "", "| Method | Recall@20 | Recall@50 | HR@20 | HR@50 |",
+                  "|---|---:|---:|---:|---:|"]
         for key, row in methods.items():
             c = row.get("comirec")
             if c:
@@ -153,11 +156,11 @@ def _fmt_interest_report(rep: Mapping[str, Any]) -> str:
             if r:
                 lines.append(
                     f"- cluster recovery ({view} view, top-{rec['n_top']} per interest): coverage "
-                    f"{r['coverage']:.3f} of true clusters (ceiling {r['coverage_ceiling']:.3f}), of "
-                    f"observed clusters {r.get('coverage_observed', float('nan')):.3f} (ceiling "
+                    f"{r['coverage']:.3f} of true clusters (ceiling {r['coverage_ceiling']:.3f}), "
+                    f"of observed clusters {r.get('coverage_observed', float('nan')):.3f} (ceiling "
                     f"{r.get('coverage_observed_ceiling', float('nan')):.3f}), precision "
-                    f"{r['precision']:.3f}, purity {r['purity']:.3f}, distinct {r['distinct']:.3f}, "
-                    f"users {r['users']}")
+                    f"{r['precision']:.3f}, purity {r['purity']:.3f}, "
+                    f"distinct {r['distinct']:.3f}, users {r['users']}")
     return "\n".join(lines) + "\n"
 
 
@@ -357,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heatmap-users", type=int, default=4)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     common, per = parse_overrides(a.sets)
     res = compare(a.data, a.out, epochs=a.epochs, max_steps=a.max_steps, seed=a.seed,
                   overrides=common, variant_overrides=per, nproc=a.nproc, truth_dir=a.truth,

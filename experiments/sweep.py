@@ -17,7 +17,6 @@ out_dir/runs/<param>=<value>/ and resume when rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -44,7 +43,8 @@ def parse_values(text: str) -> list[float | int | str]:
             continue
         try:
             v = float(raw)
-            out.append(int(v) if v.is_integer() and "." not in raw and "e" not in raw.lower() else v)
+            out.append(int(v) if v.is_integer() and "." not in raw and "e" not in raw.lower()
+                       else v)
         except ValueError:
             out.append(raw)
     return out
@@ -139,12 +139,14 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep",
+                                description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="sequences/ds=<ds> folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--param", required=True,
-                   help="sigma (routing_sigma), p (pow_p), K (n_interests) or any TrainConfig field")
+                   help="sigma (routing_sigma), p (pow_p), K (n_interests) or any "
+                        "TrainConfig field")
     p.add_argument("--values", required=True, help="comma-separated, e.g. 0.1,1,5 or 0,1,inf")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=None)
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=V",
                    help="TrainConfig override for every run, e.g. embed_dim=32")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     common, per = parse_overrides(a.sets)
     common.update(per.get(a.variant, {}))
     res = sweep(a.data, a.out, a.param, parse_values(a.values), epochs=a.epochs,

@@ -37,9 +37,23 @@ from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_schema
 from schemas import (
-    BEHAVIORS, EVAL_SAMPLES, FIRST_IDX, ITEM_FEATURES, LATEST_SEQUENCES, PAD_IDX,
-    PROFILE_COLUMNS, PROFILE_FIELDS, QUARANTINE, RAW_EVENTS, TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, USERS,
-    VOCAB, VOCAB_NAMES, Table,
+    BEHAVIORS,
+    EVAL_SAMPLES,
+    FIRST_IDX,
+    ITEM_FEATURES,
+    LATEST_SEQUENCES,
+    PAD_IDX,
+    PROFILE_COLUMNS,
+    PROFILE_FIELDS,
+    QUARANTINE,
+    RAW_EVENTS,
+    TRAIN_SAMPLES,
+    UNK_IDX,
+    USER_PROFILES,
+    USERS,
+    VOCAB,
+    VOCAB_NAMES,
+    Table,
 )
 
 log = logging.getLogger(__name__)

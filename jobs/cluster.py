@@ -123,7 +123,8 @@ class StandaloneCluster:
 
 
 def spark_submit(master: str, script: Path | str, args: list[str], *,
-                 conf: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+                 conf: dict[str, str] | None = None, timeout: float = 600
+                 ) -> subprocess.CompletedProcess:
     """Run `spark-submit` of a Python job against `master`; raises on a non-zero exit."""
     ensure_java()
     cmd = [str(Path(spark_home()) / "bin" / "spark-submit"), "--master", master,

@@ -37,11 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.progress import Stage
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import model_version
-from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from artefacts.storage import staged_dir, write_json
+from jobs.progress import Stage
+from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_schema
 from schemas import ITEM_EMBEDDINGS, ITEM_FEATURES, LATEST_SEQUENCES, PROFILE_COLUMNS, USER_VECTORS
 

@@ -76,7 +76,8 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelCo
         "train_config": plain(dict(train_config or {})),
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "optimizer_params": list(optimizer_params) if optimizer is not None and optimizer_params else None,
+        "optimizer_params": (list(optimizer_params) if optimizer is not None and optimizer_params
+                             else None),
         "step": int(step),
         "epoch": int(epoch),
         "best": plain(dict(best or {})),

@@ -29,7 +29,7 @@ class ModelSettings:
 
     # --- sizes
     embed_dim: int = 64  # d: item embeddings, interest capsules and user vectors
-    embed_init_std: float = 0.0  # std of the id embeddings at init; 0 = embed_dim ** -0.5 (|row| ~ 1)
+    embed_init_std: float = 0.0  # std of id embeddings at init; 0 = embed_dim ** -0.5 (|row| ~ 1)
     tower_hidden: tuple[int, ...] = (256,)  # ReLU layers of the user tower; () = one linear map
     profile_dim: int = 16  # embedding size of each profile field (concatenated)
     # --- multi-interest extractor
@@ -64,7 +64,8 @@ class ModelConfig(ModelSettings):
     n_items: int = 0  # item ids incl. 0 = padding, 1 = unknown
     n_categories: int = 0  # category ids, averaged into the item embedding
     n_brands: int = 0  # brand/shop ids, averaged into the item embedding
-    profile_vocab: dict[str, int] = field(default_factory=dict)  # field -> size, e.g. {"gender": 5}; {} = no profile
+    # field -> size, e.g. {"gender": 5}; {} = no profile
+    profile_vocab: dict[str, int] = field(default_factory=dict)
     max_len: int = 50  # L: behaviours kept per user (the last L before the target)
     # --- fixed by the variant
     pooling: str = "routing"  # "routing" = MIND (B2I routing); "mean" = YouTube DNN
@@ -76,7 +77,8 @@ class ModelConfig(ModelSettings):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "mean" and self.n_interests != 1:
             # mean pooling yields one vector; a config saying K=4 would misdescribe the run
-            raise ValueError("pooling='mean' (YouTube DNN) needs n_interests=1; use youtube_dnn(cfg)")
+            raise ValueError("pooling='mean' (YouTube DNN) needs n_interests=1; "
+                             "use youtube_dnn(cfg)")
         if min(self.n_categories, self.n_brands, self.max_len) < 0:
             raise ValueError("sizes must be >= 0")
         if any(v < 0 for v in self.profile_vocab.values()):
@@ -97,7 +99,8 @@ class ModelConfig(ModelSettings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict`; unknown keys are an error so a mismatched checkpoint fails loudly."""
+        """Inverse of `to_dict`; unknown keys are an error so a mismatched checkpoint
+        fails loudly."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -110,7 +110,8 @@ def default_threads(local_world_size: int) -> int:
     for the reader threads: oversubscribed intra-op threads were 5x slower on a busy 2-core box."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
     return max(1, cpus // local_world_size - 1)
 
 

@@ -40,7 +40,8 @@ def _merge_topn(s1: Tensor, i1: Tensor, s2: Tensor, i2: Tensor, n: int) -> tuple
 
 @torch.no_grad()
 def topn_multi_interest(V: Tensor, mask: Tensor, item_emb: Tensor, n: int,
-                        exclude: Tensor | None = None, chunk_size: int = 32768) -> tuple[Tensor, Tensor]:
+                        exclude: Tensor | None = None, chunk_size: int = 32768
+                        ) -> tuple[Tensor, Tensor]:
     """Top-n items per user by max over active interests of V_k . e_item.
 
     V: (B, K, D); mask: (B, K) bool; item_emb: (N, D), row = item id;
@@ -48,7 +49,8 @@ def topn_multi_interest(V: Tensor, mask: Tensor, item_emb: Tensor, n: int,
     pad with 0). Returns scores (B, n) float and ids (B, n) long.
     """
     if V.dim() != 3 or mask.shape != V.shape[:2]:
-        raise ValueError(f"V must be (B, K, D) with mask (B, K); got {tuple(V.shape)}, {tuple(mask.shape)}")
+        raise ValueError(f"V must be (B, K, D) with mask (B, K); got {tuple(V.shape)}, "
+                         f"{tuple(mask.shape)}")
     B, K, D = V.shape
     N = item_emb.shape[0]
     mask = mask.to(device=V.device, dtype=torch.bool)
@@ -125,7 +127,8 @@ def interest_diversity(V: Tensor, mask: Tensor, eps: float = 1e-8) -> float:
     Vn = V / V.norm(dim=-1, keepdim=True).clamp(min=eps)  # zero vectors stay zero
     cos = Vn @ Vn.transpose(1, 2)  # (B, K, K)
     m = mask.to(V.dtype)
-    pair = m[:, :, None] * m[:, None, :] * (1 - torch.eye(V.shape[1], dtype=V.dtype, device=V.device))
+    pair = m[:, :, None] * m[:, None, :] * (1 - torch.eye(V.shape[1], dtype=V.dtype,
+                                                          device=V.device))
     n_pairs = pair.sum((1, 2))  # (B,) ordered pairs = 2 * unordered
     keep = n_pairs > 0
     if not keep.any():

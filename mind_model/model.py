@@ -142,20 +142,22 @@ class B2IRouting(nn.Module):
 
     S starts as the identity (times `init_scale`: a larger S makes the agreement u . Se
     larger next to sigma, i.e. routing sharper), so capsules start in the item-embedding
-    space that the labels live in, and train.py gives it a tenth of the learning rate. With nn.Linear's
-    random init (scale ~0.6, smallest singular values ~0) MIND-1 trailed mean pooling
-    on Amazon Beauty (valid HR@50, 3 seeds: 0.199 vs 0.208); a random orthogonal init
-    did not help (0.199), identity + 0.1x lr did (0.212).
+    space that the labels live in, and train.py gives it a tenth of the learning rate.
+    With nn.Linear's random init (scale ~0.6, smallest singular values ~0) MIND-1 trailed
+    mean pooling on Amazon Beauty (valid HR@50, 3 seeds: 0.199 vs 0.208); a random
+    orthogonal init did not help (0.199), identity + 0.1x lr did (0.212).
     """
 
     def __init__(self, dim: int, n_interests: int, iters: int = 3, sigma: float = 1.0,
                  dynamic: bool = True, seed: int = 0, init_scale: float = 1.0):
         super().__init__()
-        self.k, self.iters, self.sigma, self.dynamic, self.seed = n_interests, iters, sigma, dynamic, seed
+        self.k, self.iters, self.sigma, self.dynamic, self.seed = (n_interests, iters, sigma,
+                                                                   dynamic, seed)
         self.S = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
             self.S.weight.copy_(torch.eye(dim) * init_scale)
-        self._eval_noise = torch.empty(0, n_interests)  # (L', K) cache; NOT a buffer: derived from seed
+        # (L', K) cache; NOT a buffer: derived from seed
+        self._eval_noise = torch.empty(0, n_interests)
 
     def eval_noise(self, length: int) -> Tensor:
         """Fixed initial logits for eval mode, (L, K). Row i depends only on (seed, i):
@@ -189,11 +191,13 @@ class B2IRouting(nn.Module):
         e_hat = self.S(e)  # (B, L, D)
         e_hat_nograd = e_hat.detach()
         if init_logits is not None and init_logits.shape != (B, self.k, L):
-            raise ValueError(f"init_logits must be (B, K, L) = {(B, self.k, L)}, got {tuple(init_logits.shape)}")
+            raise ValueError(f"init_logits must be (B, K, L) = {(B, self.k, L)}, "
+                             f"got {tuple(init_logits.shape)}")
         b = self.initial_logits(B, L, e.device) if init_logits is None else init_logits
         b = b.detach().to(e.dtype)  # (B, K, L)
         for it in range(self.iters):
-            src = e_hat if it == self.iters - 1 else e_hat_nograd  # grads via the last iteration only
+            # grads via the last iteration only
+            src = e_hat if it == self.iters - 1 else e_hat_nograd
             # each behaviour spreads itself over the active interests (softmax over K, not L)
             w = torch.softmax(b.masked_fill(~imask[:, :, None], float("-inf")), dim=1)  # (B, K, L)
             w = w * bmask[:, None, :].to(w.dtype)  # padding carries no weight
@@ -240,7 +244,8 @@ class ProfileEmbedding(nn.Module):
     def __init__(self, vocab: Mapping[str, int], dim: int):
         super().__init__()
         self.fields = tuple(vocab)
-        self.emb = nn.ModuleDict({f: nn.Embedding(n, dim, padding_idx=PAD_IDX) for f, n in vocab.items()})
+        self.emb = nn.ModuleDict({f: nn.Embedding(n, dim, padding_idx=PAD_IDX)
+                                  for f, n in vocab.items()})
         self.out_dim = dim * len(self.fields)
 
     def forward(self, profile: Mapping[str, Tensor] | None) -> Tensor | None:
@@ -284,7 +289,8 @@ class MIND(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embed_dim
-        self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands, cfg.embed_init_std)
+        self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands,
+                                   cfg.embed_init_std)
         self.routing = (B2IRouting(d, cfg.n_interests, cfg.routing_iters, cfg.routing_sigma,
                                    cfg.dynamic_interests, cfg.routing_seed, cfg.routing_init_scale)
                         if cfg.pooling == "routing" else None)
@@ -326,7 +332,8 @@ class MIND(nn.Module):
                                             profile)
 
     def interests_from_capsules(self, caps: RoutingOutput,
-                                profile: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                                profile: Mapping[str, Tensor] | None = None
+                                ) -> tuple[Tensor, Tensor]:
         """The user tower on `interest_capsules` output (for callers that also need the
         coupling): (V (B, K, D), mask (B, K)), inactive interests zeroed."""
         V = self.tower(caps.capsules, self.profile(profile))  # (B, K, D)

@@ -69,8 +69,8 @@ def check_shardable(folder: Path | str, world_size: int) -> int:
         raise ValueError(
             f"{folder} has {n} Parquet row group(s) but training runs {world_size} processes: "
             f"petastorm shards by row group, so every process needs at least one. Rebuild the "
-            f"sequences with min_row_groups >= {world_size} (jobs.build_sequences --min-row-groups) "
-            f"or train with fewer processes.")
+            f"sequences with min_row_groups >= {world_size} (jobs.build_sequences "
+            f"--min-row-groups) or train with fewer processes.")
     return n
 
 
@@ -81,12 +81,14 @@ def _silence_petastorm_warnings() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"petastorm(\.|$)")
     # "Failed loading Unischema ... Assuming the dataset was not created with Petastorm": expected
     logging.getLogger("petastorm.etl.dataset_metadata").setLevel(logging.WARNING)
-    # "Start a new pass of Petastorm DataLoader, reset underlying Petastorm reader": every pass, by design
+    # "Start a new pass of Petastorm DataLoader, reset underlying Petastorm reader":
+    # every pass, by design
     logging.getLogger("petastorm.pytorch").setLevel(logging.ERROR)
 
 
 def _to_int64(v) -> Tensor:
-    # a writable int64 copy: torch warns on petastorm's read-only arrays, and the model wants long ids
+    # a writable int64 copy: torch warns on petastorm's read-only arrays, and the model
+    # wants long ids
     return torch.from_numpy(np.asarray(v, dtype=np.int64))
 
 
@@ -121,12 +123,14 @@ def train_batches(train_dir: Path | str, *, rank: int = 0, world_size: int = 1,
                            cur_shard=rank, shard_count=world_size) as reader:
         loader = BatchedDataLoader(reader, batch_size=batch_size, transform_fn=_to_int64,
                                    shuffling_queue_capacity=capacity)
-        while True:  # one pass per loop; the loader resets the reader, which reshuffles from its seed
+        # one pass per loop; the loader resets the reader, which reshuffles from its seed
+        while True:
             full = 0
             for batch in loader:
                 if batch["hist"].shape[0] == batch_size:  # only the end of a pass is short
                     full += 1
                     yield batch
             if not full:
-                raise ValueError(f"rank {rank}'s shard of {train_dir} has fewer rows than one batch "
-                                 f"({batch_size}): use a smaller batch_size or fewer processes")
+                raise ValueError(
+                    f"rank {rank}'s shard of {train_dir} has fewer rows than one batch "
+                    f"({batch_size}): use a smaller batch_size or fewer processes")

@@ -50,13 +50,25 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from artefacts.storage import write_json
-from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
-                                   optimizer_param_names, same_model, save_checkpoint,
-                                   warm_start)
+from mind_model.checkpoint import (
+    load_checkpoint,
+    load_model,
+    load_optimizer_state,
+    optimizer_param_names,
+    same_model,
+    save_checkpoint,
+    warm_start,
+)
 from mind_model.config import SAMPLERS, ModelConfig, ModelSettings, mind_1, youtube_dnn
 from mind_model.data import DatasetMeta, load_meta
-from mind_model.distributed import (Dist, StopFlag, default_threads, pick_device, rank_seed,
-                                    setup_distributed)
+from mind_model.distributed import (
+    Dist,
+    StopFlag,
+    default_threads,
+    pick_device,
+    rank_seed,
+    setup_distributed,
+)
 from mind_model.evaluate import HeldOutSample
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.metrics import HR_NS
@@ -77,16 +89,16 @@ class TrainConfig(ModelSettings):
     data_dir: str  # a build_sequences output folder: <root>/sequences/ds=YYYY-MM-DD
     out_dir: str  # last.pt, best.pt and metrics.json are written here
     # --- model
-    variant: str = "mind"  # "mind" (routing, K interests), "mind1" (K = 1), "youtube" (mean pooling)
-    side_features: bool = True  # average category/brand into item embeddings (when the data has them)
+    variant: str = "mind"  # "mind" (routing, K interests), "mind1" (K=1), "youtube" (mean pooling)
+    side_features: bool = True  # average category/brand into item embeddings (if the data has them)
     profile_features: bool = True  # concatenate user profile embeddings (when the data has them)
     # --- optimisation
     batch_size: int = 256  # per process; the global batch is batch_size * world_size
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0  # Adam's L2 term (0 = off)
-    routing_lr_scale: float = 0.1  # S (the shared bilinear map) learns at lr * this; 1 = same as the rest
+    routing_lr_scale: float = 0.1  # S (the shared bilinear map) learns at lr * this; 1 = same lr
     epochs: int = 10
-    steps_per_epoch: int | None = None  # None = floor(train_samples / (batch_size * world_size)); same on all ranks
+    steps_per_epoch: int | None = None  # None = train_samples // global batch; same on all ranks
     max_steps: int | None = None  # stop (and write last.pt) after this many global steps
     seed: int = 0  # model init uses seed on every rank; sampling noise uses seed + rank
     # --- evaluation and model selection
@@ -101,9 +113,9 @@ class TrainConfig(ModelSettings):
     save_every_steps: int = 0  # also write last.pt every N steps (0 = at epoch ends only)
     # --- runtime
     log_every: int = 50  # steps between progress updates / log lines
-    threads: int | None = None  # torch threads per process; None = OMP_NUM_THREADS or CPUs / processes - 1
+    threads: int | None = None  # torch threads/process; None = OMP_NUM_THREADS or CPUs / nproc - 1
     device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
-    reader_workers: int = 1  # petastorm reader threads per process; > 1 makes the batch order timing-dependent
+    reader_workers: int = 1  # petastorm reader threads/process; > 1: batch order timing-dependent
     shuffle_buffer: int | None = None  # rows in the shuffling buffer (None = reader's default)
     progress: bool = True  # tqdm bar on rank 0
     dist_timeout_min: float = 60.0  # collective timeout; rank 0's evaluation must fit in it
@@ -438,8 +450,8 @@ class Run:
             "start_step": self.start_step, "steps_run": state.step - self.start_step,
             "epoch": state.step // self.spe, "steps_per_epoch": self.spe, "stopped": stopped,
             "resumed_from": self.resumed_from, "params_sha256": params_sha256(self.model),
-            "out_dir": str(Path(cfg.out_dir)), "last": str(self.last_path), "best": str(self.best_path),
-            "metrics": str(self.metrics_path)}
+            "out_dir": str(Path(cfg.out_dir)), "last": str(self.last_path),
+            "best": str(self.best_path), "metrics": str(self.metrics_path)}
         if d.main:
             if not self.last_path.is_file():  # nothing ran (e.g. a finished run with epochs=0)
                 self.save(self.last_path)

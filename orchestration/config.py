@@ -5,25 +5,29 @@ Every setting comes from an environment variable (set it in the Airflow deployme
 when the variable is unset. No Airflow import, no I/O beyond `os.environ`: the DAG
 files call `load_config()` at parse time, which must stay cheap.
 
-| setting            | environment variable       | default      | meaning |
-|--------------------|----------------------------|--------------|---------|
-| data_root          | MIND_DATA_ROOT             | ./data       | root of every artefact (artefacts.layout) |
-| spark_conn_id      | MIND_SPARK_CONN_ID         | spark_mind   | Airflow connection holding the Spark master (`AIRFLOW_CONN_SPARK_MIND`) |
-| spark_conf         | MIND_SPARK_CONF            | (none)       | extra Spark conf, `key=value,key=value` |
-| driver_memory      | MIND_SPARK_DRIVER_MEMORY   | 2g           | spark-submit --driver-memory |
-| lookback_days      | MIND_LOOKBACK_DAYS         | 30           | days of raw logs behind each ds |
-| min_item_count     | MIND_MIN_ITEM_COUNT        | 5            | rare-item filter |
-| min_user_count     | MIND_MIN_USER_COUNT        | 5            | rare-user filter |
-| min_row_groups     | MIND_MIN_ROW_GROUPS        | 16           | >= the largest training process count |
-| train_nproc        | MIND_TRAIN_NPROC           | 2            | torchrun --nproc_per_node |
-| train_epochs       | MIND_TRAIN_EPOCHS          | 10           | epochs per daily retrain |
-| train_args         | MIND_TRAIN_ARGS            | (none)       | extra `mind_model.train` flags, e.g. `--batch-size 512 --n-neg 256` |
-| gate_metric        | MIND_GATE_METRIC           | hr@50        | test metric compared by the publish gate |
-| gate_margin        | MIND_GATE_MARGIN           | 0.01         | largest allowed drop (absolute) vs the published model |
-| index_shards       | MIND_INDEX_SHARDS          | 2            | FAISS shards |
-| index_args         | MIND_INDEX_ARGS            | (none)       | extra `jobs.build_index` flags, e.g. `--recall-threshold 0.9` |
-| retries            | MIND_RETRIES               | 2            | retries of every task |
-| retry_delay_s      | MIND_RETRY_DELAY_S         | 120          | seconds between retries |
+Settings, as `setting (environment variable; default): meaning`:
+
+- data_root (MIND_DATA_ROOT; ./data): root of every artefact (artefacts.layout)
+- spark_conn_id (MIND_SPARK_CONN_ID; spark_mind): Airflow connection holding the Spark
+  master (`AIRFLOW_CONN_SPARK_MIND`)
+- spark_conf (MIND_SPARK_CONF; none): extra Spark conf, `key=value,key=value`
+- driver_memory (MIND_SPARK_DRIVER_MEMORY; 2g): spark-submit --driver-memory
+- lookback_days (MIND_LOOKBACK_DAYS; 30): days of raw logs behind each ds
+- min_item_count (MIND_MIN_ITEM_COUNT; 5): rare-item filter
+- min_user_count (MIND_MIN_USER_COUNT; 5): rare-user filter
+- min_row_groups (MIND_MIN_ROW_GROUPS; 16): >= the largest training process count
+- train_nproc (MIND_TRAIN_NPROC; 2): torchrun --nproc_per_node
+- train_epochs (MIND_TRAIN_EPOCHS; 10): epochs per daily retrain
+- train_args (MIND_TRAIN_ARGS; none): extra `mind_model.train` flags, e.g.
+  `--batch-size 512 --n-neg 256`
+- gate_metric (MIND_GATE_METRIC; hr@50): test metric compared by the publish gate
+- gate_margin (MIND_GATE_MARGIN; 0.01): largest allowed drop (absolute) vs the published
+  model
+- index_shards (MIND_INDEX_SHARDS; 2): FAISS shards
+- index_args (MIND_INDEX_ARGS; none): extra `jobs.build_index` flags, e.g.
+  `--recall-threshold 0.9`
+- retries (MIND_RETRIES; 2): retries of every task
+- retry_delay_s (MIND_RETRY_DELAY_S; 120): seconds between retries
 """
 from __future__ import annotations
 

@@ -34,8 +34,14 @@ from orchestration.airflow_local import airflow_env, migrate, refresh_assets, ru
 from orchestration.config import PROJECT_ROOT
 from orchestration.console import T0, say
 from orchestration.inputs import DEFAULT_DS, prepare_input
-from orchestration.report import (TRAIN_FLAGS, build_report, plots, recommendations, run_compare,
-                                  sample_users)
+from orchestration.report import (
+    TRAIN_FLAGS,
+    build_report,
+    plots,
+    recommendations,
+    run_compare,
+    sample_users,
+)
 
 # Sized for < 10 minutes on 2 shared cores: enough users that the multi-interest model
 # separates from the single-vector ones, few enough that each Spark job stays small.

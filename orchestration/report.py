@@ -133,7 +133,8 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
     L = [f"# MIND local pipeline: ds={ds}", "",
          f"Input: {source}. Wall time {wall_s / 60:.1f} min.", "",
          "## Data", "",
-         "| events in | quarantined | duplicates | filtered (rare) | kept | users (train/valid/test) | items |",
+         "| events in | quarantined | duplicates | filtered (rare) | kept | "
+         "users (train/valid/test) | items |",
          "|---:|---:|---:|---:|---:|---|---:|",
          f"| {c['input']:,} | {c['quarantined']:,} | {c['duplicates']:,} | {c['filtered']:,} | "
          f"{c['kept']:,} | {u['total']:,} ({u['train']:,}/{u['valid']:,}/{u['test']:,}) | "
@@ -163,7 +164,8 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
           f"{idx['items']:,} items of dimension {idx['dim']}, {idx['n_shards']} shards, "
           f"{idx['bytes'] / 2**20:.2f} MiB; recall@{idx['recall']['n']} vs exact search "
           f"{idx['recall']['value']:.4f} (threshold {idx['recall']['threshold']}, "
-          f"{idx['recall']['users']} users){', search ' + json.dumps(idx['search_params']) if idx['search_params'] else ''}.",
+          f"{idx['recall']['users']} users)"
+          f"{', search ' + json.dumps(idx['search_params']) if idx['search_params'] else ''}.",
           "", "## Recommendations of two users (published model + index)", ""]
     for r in recs:
         L += [f"### user {r['user']}: {r['n_interests']} interests", "",

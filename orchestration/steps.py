@@ -16,7 +16,7 @@ testable without Airflow:
   "unknown"); writes `models/ds=D/` (model.pt, train_metrics.json, evaluation.json)
   in one rename. The decision and its reason are in evaluation.json.
 - `publish_decision`: whether publishing ds may move the served pointer (never back
-  to an older ds).
+  to an older ds); `publish_version` moves it.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from artefacts.layout import DataLayout, check_ds
-from artefacts.pointer import NoCurrentVersion, model_version, read_current
+from artefacts.pointer import NoCurrentVersion, model_version, publish, read_current
 from artefacts.storage import staged_dir, write_json
 from orchestration.config import PROJECT_ROOT, PipelineConfig
 
@@ -89,6 +89,11 @@ def publish_decision(root: Path | str, ds: str) -> tuple[bool, str]:
         return False, (f"ds={ds} is older than the served ds={cur['ds']}; the pointer is not "
                        f"moved back (run `python -m jobs.publish --ds {ds}` to force it)")
     return True, "ok"
+
+
+def publish_version(root: Path | str, ds: str) -> dict[str, Any]:
+    """Make ds the served version (`artefacts.pointer.publish`); returns the new pointer."""
+    return publish(root, ds).data
 
 
 # ------------------------------------------------------------------------ training

@@ -201,8 +201,8 @@ class Retriever:
     def model(self):
         """The published model (loaded on first use: only on-the-fly vectors need it)."""
         if self._model is None:
-            from mind_model.checkpoint import load_model
             from artefacts.pointer import model_version
+            from mind_model.checkpoint import load_model
 
             path = self.pointer.path("model")
             if model_version(path) != self.pointer.model_version:

@@ -47,8 +47,8 @@ def shared_datasets() -> Path:
 def build_generated_sequences(spark, root: Path, *, ds: str, days: int, n_events: int, seed: int,
                               min_row_groups: int = 4) -> Path:
     """Generated logs -> build_sequences output; returns the sequences/ds=<ds> folder."""
-    from jobs.build_sequences import PrepConfig, run
     from ingest.sample_data import generate
+    from jobs.build_sequences import PrepConfig, run
 
     generate(root / "raw", end_ds=ds, days=days, n_events=n_events, seed=seed)
     run(PrepConfig(data_root=root, ds=ds, lookback_days=days, min_row_groups=min_row_groups),

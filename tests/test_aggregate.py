@@ -12,7 +12,8 @@ from experiments.stats import mean_se
 
 
 def _run(data: str, hr: dict[str, float]) -> dict:
-    """A compare.json with the fields aggregate reads: HR@10/50/100 = hr, hr/2, 2*hr... per method."""
+    """A compare.json with the fields aggregate reads: HR@10/50/100 = hr, hr/2, 2*hr...
+    per method."""
     return {"settings": {"data": data, "split": "test"},
             "methods": {m: {"hr@10": v / 2, "hr@50": v, "hr@100": 2 * v, "users": 100}
                         for m, v in hr.items()}}
@@ -35,7 +36,8 @@ def test_aggregate_by_hand():
     assert s["n_runs"] == 3 and len(s["test_sets"]) == 3 and s["users"] == [100, 100, 100]
     assert list(s["methods"]) == ["popularity", "youtube", "mind1", "mind"]  # compare's order
     pop = s["methods"]["popularity"]  # only in run c: summarised over that run
-    assert pop["n_runs"] == 1 and pop["diffs"] == pytest.approx([-0.05]) and math.isnan(pop["diff_se"])
+    assert (pop["n_runs"] == 1 and pop["diffs"] == pytest.approx([-0.05])
+            and math.isnan(pop["diff_se"]))
     mind = s["methods"]["mind"]
     # differences .05, .01, .03: mean .03, sample sd .02, SE .02 / sqrt(3)
     assert mind["diffs"] == pytest.approx([0.05, 0.01, 0.03])
@@ -99,6 +101,7 @@ def test_cli_writes_summary(tmp_path, capsys):
     # differences from MIND-1 instead: .03, .02, .00
     assert main([*dirs, "--reference", "mind1", "--out", str(tmp_path / "vs_mind1")]) == 0
     vs = json.loads((tmp_path / "vs_mind1" / "summary.json").read_text())
-    assert vs["reference"] == "mind1" and vs["methods"]["mind"]["mean_diff"] == pytest.approx(0.05 / 3)
+    assert (vs["reference"] == "mind1"
+            and vs["methods"]["mind"]["mean_diff"] == pytest.approx(0.05 / 3))
     assert main([str(tmp_path / "nope")]) == 2
     assert "no compare.json" in capsys.readouterr().err

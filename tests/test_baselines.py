@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from mind_model.baselines import (ALS, ItemCF, Popularity, recent_items_matrix, top_n_by_score,
-                                  training_interactions, window_matrix)
+from mind_model.baselines import (
+    ALS,
+    ItemCF,
+    Popularity,
+    recent_items_matrix,
+    top_n_by_score,
+    training_interactions,
+    window_matrix,
+)
 from mind_model.evaluate import Recommender, evaluate
 
 N_ITEMS, L = 30, 5

@@ -15,8 +15,17 @@ import pytest
 from jobs import build_sequences as bs
 from jobs.build_sequences import PrepConfig, run
 from jobs.validation import InputError
-from schemas import (EVAL_SAMPLES, ITEM_FEATURES, LATEST_SEQUENCES, PAD_IDX, RAW_EVENTS,
-                     TRAIN_SAMPLES, UNK_IDX, USER_PROFILES, VOCAB)
+from schemas import (
+    EVAL_SAMPLES,
+    ITEM_FEATURES,
+    LATEST_SEQUENCES,
+    PAD_IDX,
+    RAW_EVENTS,
+    TRAIN_SAMPLES,
+    UNK_IDX,
+    USER_PROFILES,
+    VOCAB,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -132,7 +141,8 @@ def test_counts_identity_and_quarantine_reasons(built):
     quarantine = read(out / "quarantine")
     assert len(quarantine) == expected["quarantined"]
     # The quarantined row keeps its original values, including the unknown behaviour.
-    assert {r["behavior"] for r in quarantine if r["reason"] == "unknown_behavior"} == {"view", None}
+    assert {r["behavior"] for r in quarantine
+            if r["reason"] == "unknown_behavior"} == {"view", None}
     assert json.loads((out / "stats.json").read_text())["counts"] == expected
 
 
@@ -214,7 +224,8 @@ def test_vocabulary_stable_across_days_and_rerun_identical(spark, built, tmp_pat
     write_events(root, day3, [ev(f"u{u:03d}", i, day3, 10 * u + k)
                               for u in range(20) for k, i in enumerate(["i01", "new_a", "new_b"])])
     run(config(root, ds=day3, lookback_days=1), spark)
-    after = {r["value"]: r["idx"] for r in read(root / "sequences" / f"ds={day3}" / "vocab" / "item")}
+    after = {r["value"]: r["idx"]
+             for r in read(root / "sequences" / f"ds={day3}" / "vocab" / "item")}
     assert all(after[k] == v for k, v in before.items())
     assert sorted(after[k] for k in ("new_a", "new_b")) == [max(before.values()) + 1,
                                                             max(before.values()) + 2]

@@ -22,8 +22,8 @@ TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=128, batch_si
 
 @pytest.fixture(scope="module")
 def data(spark, tmp_path_factory) -> tuple[Path, Path]:
-    from jobs.build_sequences import PrepConfig, run
     from ingest.sample_data import MULTI_INTEREST, generate
+    from jobs.build_sequences import PrepConfig, run
 
     root = tmp_path_factory.mktemp("compare_data")
     generate(root / "raw", end_ds=DS, days=2, n_events=12_000, seed=3, **MULTI_INTEREST)

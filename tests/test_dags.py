@@ -130,8 +130,8 @@ def test_pipeline_steps_without_airflow(tmp_path):
     """ds resolution, date ranges and the choice of the baseline / publish decision."""
     import datetime as dt
 
-    from orchestration.steps import baseline_version, date_range, publish_decision, resolve_ds
     from artefacts.storage import write_json
+    from orchestration.steps import baseline_version, date_range, publish_decision, resolve_ds
 
     assert resolve_ds("2026-11-02", None) == "2026-11-02"
     assert resolve_ds(None, dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc)) == "2026-11-03"
@@ -157,9 +157,9 @@ def test_pipeline_steps_without_airflow(tmp_path):
 def test_gate_rejects_a_worse_model(tmp_path, monkeypatch):
     """A new model worse than the published one by more than the margin is not published,
     and evaluation.json next to the model says why."""
+    from artefacts.storage import write_json
     from orchestration import steps as pipeline_steps
     from orchestration.config import PipelineConfig
-    from artefacts.storage import write_json
 
     cfg = PipelineConfig(data_root=tmp_path, gate_margin=0.02)
     seq = tmp_path / "sequences/ds=2026-11-28"
@@ -217,7 +217,8 @@ def _snapshot() -> dict:
             "tables": {p.name: _table_digest(p) for p in sorted(seq.iterdir()) if p.is_dir()
                        and p.name != "vocab"},
             "vocab": {p.name: _table_digest(p) for p in sorted((seq / "vocab").iterdir())},
-            "model": hashlib.sha256((WORK.data_root / f"models/ds={DS}/model.pt").read_bytes()).hexdigest(),
+            "model": hashlib.sha256((WORK.data_root / f"models/ds={DS}/model.pt")
+                                    .read_bytes()).hexdigest(),
             "index": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                       for p in sorted((WORK.data_root / f"index/ds={DS}").glob("*.faiss"))},
             "users": _table_digest(WORK.data_root / f"embeddings/ds={DS}/users"),
@@ -265,7 +266,8 @@ def test_backfill_three_days_creates_three_partitions(daily_run, dagbag):
     assert states["train"] == "skipped" and states["publish"] == "skipped"
     for ds in DAYS:
         assert (WORK.data_root / f"sequences/ds={ds}/stats.json").is_file()
-    assert sorted(p.name for p in (WORK.data_root / "sequences").iterdir()) == [f"ds={d}" for d in DAYS]
+    assert sorted(p.name for p in (WORK.data_root / "sequences").iterdir()) == [
+        f"ds={d}" for d in DAYS]
     # the vocabulary is stable across days: each day's ids extend the day before
     import pyarrow.parquet as pq
 

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from mind_model.config import ModelConfig
-from mind_model.evaluate import (ModelRecommender, Recommender, comirec_inputs, evaluate,
-                                 evaluate_comirec, main)
+from mind_model.evaluate import (
+    ModelRecommender,
+    Recommender,
+    comirec_inputs,
+    evaluate,
+    evaluate_comirec,
+    main,
+)
 from mind_model.model import MIND
 
 N_ITEMS, L = 40, 6

@@ -12,8 +12,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.importers import (ReadStats, RawEventsWriter, import_any, read_amazon_ratings,
-                            read_amazon_seq, read_movielens, read_taobao, write_raw_events)
+from ingest.importers import (
+    RawEventsWriter,
+    ReadStats,
+    import_any,
+    read_amazon_ratings,
+    read_amazon_seq,
+    read_movielens,
+    read_taobao,
+    write_raw_events,
+)
 from ingest.importers.amazon_seq import attribute_map
 from ingest.importers.cli import main
 from ingest.importers.common import raw_table

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from mind_model.config import ModelConfig
-from mind_model.interpret import (GroundTruth, cluster_recovery, coupling_heatmap,
-                                  coupling_matrices, interest_report, load_truth)
+from mind_model.interpret import (
+    GroundTruth,
+    cluster_recovery,
+    coupling_heatmap,
+    coupling_matrices,
+    interest_report,
+    load_truth,
+)
 from mind_model.metrics import interest_diversity
 from mind_model.model import MIND
 

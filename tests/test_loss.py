@@ -39,7 +39,8 @@ def test_whole_catalogue_as_negatives_is_exactly_the_full_softmax():
     table, user, target = setup_case()
     n_real = N_ITEMS - 2
     # uniform sampler with n_neg = N: expected count 1 per item, so log-Q is 0
-    loss_fn = SampledSoftmaxLoss(N_ITEMS, n_real, "popularity", counts=uniform_counts(), logit_scale=2.0)
+    loss_fn = SampledSoftmaxLoss(N_ITEMS, n_real, "popularity", counts=uniform_counts(),
+                                 logit_scale=2.0)
     got = loss_fn(user, target, lambda i: table[i], neg_ids=torch.arange(2, N_ITEMS))
     torch.testing.assert_close(got, full_softmax_loss(user, target, table, logit_scale=2.0))
 
@@ -66,7 +67,8 @@ def test_log_q_correction_matches_the_formula():
     torch.testing.assert_close(loss_fn(user, target, lambda i: table[i], neg_ids=neg), want)
 
 
-def _fit_free_logits(loss_fn: SampledSoftmaxLoss, p: torch.Tensor, steps: int = 400) -> torch.Tensor:
+def _fit_free_logits(loss_fn: SampledSoftmaxLoss, p: torch.Tensor, steps: int = 400
+                     ) -> torch.Tensor:
     """Learn one logit per item from targets drawn from p; return softmax over real items."""
     logits = torch.zeros(N_ITEMS, requires_grad=True)
     opt = torch.optim.Adam([logits], lr=0.1)
@@ -92,7 +94,8 @@ def test_log_q_correction_makes_a_skewed_sampler_consistent():
     corrected = SampledSoftmaxLoss(N_ITEMS, 50, "log_uniform")
     uncorrected = SampledSoftmaxLoss(N_ITEMS, 50, "log_uniform")
     uncorrected.log_expected.zero_()
-    tv = lambda q: 0.5 * (q - p[2:]).abs().sum().item()  # total variation distance
+    def tv(q):  # total variation distance
+        return 0.5 * (q - p[2:]).abs().sum().item()
     assert tv(_fit_free_logits(corrected, p)) < 0.07
     assert tv(_fit_free_logits(uncorrected, p)) > 0.15
 
@@ -114,7 +117,8 @@ def test_accidental_hits_are_removed():
     # every negative an accidental hit: only the positive is left, the loss is 0
     only_hits = loss_fn(user[:1], target[:1], lambda i: table[i], neg_ids=torch.tensor([5, 5]))
     assert only_hits.item() == pytest.approx(0.0, abs=1e-6)
-    kept = SampledSoftmaxLoss(N_ITEMS, 2, "popularity", counts=uniform_counts(), remove_accidental_hits=False)
+    kept = SampledSoftmaxLoss(N_ITEMS, 2, "popularity", counts=uniform_counts(),
+                              remove_accidental_hits=False)
     assert kept(user[:1], target[:1], lambda i: table[i], neg_ids=torch.tensor([5, 5])).item() > 0.5
 
 
@@ -127,7 +131,8 @@ def test_gradients_are_finite_with_masked_hits():
     neg = torch.cat([target, loss_fn.sample()])  # guaranteed accidental hits
     loss = loss_fn(user, target, lambda i: table[i], neg_ids=neg)
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(user.grad).all() and torch.isfinite(table.grad).all()
+    assert (torch.isfinite(loss) and torch.isfinite(user.grad).all()
+            and torch.isfinite(table.grad).all())
     assert torch.all(table.grad[:2] == 0)  # padding / unknown never take part
 
 

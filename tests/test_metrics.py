@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mind_model.metrics import (hit_rate_at, interest_diversity, recall_hr_at, routing_sharpness,
-                                 topn_multi_interest)
-
+from mind_model.metrics import (
+    hit_rate_at,
+    interest_diversity,
+    recall_hr_at,
+    routing_sharpness,
+    topn_multi_interest,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -173,7 +177,8 @@ def test_interest_diversity_against_reference():
         act = [V[u, k].numpy() for k in range(4) if mask[u, k]]
         if len(act) < 2:
             continue
-        cos = [a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300) if np.linalg.norm(a) * np.linalg.norm(b) > 0
+        cos = [a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300)
+               if np.linalg.norm(a) * np.linalg.norm(b) > 0
                else 0.0 for i, a in enumerate(act) for b in act[i + 1:]]
         per_user.append(np.mean(cos))
     got = interest_diversity(V, mask)

@@ -11,15 +11,21 @@ import torch
 from mind_model.config import ModelConfig, mind_1, youtube_dnn
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.metrics import interest_diversity, topn_multi_interest
-from mind_model.model import (MIND, B2IRouting, ItemEmbedding, LabelAwareAttention,
-                              n_active_interests, squash)
-
+from mind_model.model import (
+    MIND,
+    B2IRouting,
+    ItemEmbedding,
+    LabelAwareAttention,
+    n_active_interests,
+    squash,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(n_items=30, n_categories=6, n_brands=5, profile_vocab={"gender": 4, "age_bucket": 6},
+    base = dict(n_items=30, n_categories=6, n_brands=5,
+                profile_vocab={"gender": 4, "age_bucket": 6},
                 profile_dim=4, embed_dim=8, max_len=8, tower_hidden=(16,), n_interests=4, n_neg=16)
     base.update(kw)
     return ModelConfig(**base)
@@ -43,7 +49,8 @@ def ref_squash(z: torch.Tensor) -> torch.Tensor:
     return z * 0 if n2 == 0 else n2 / (1 + n2) * z / math.sqrt(n2)
 
 
-def ref_routing(e_hat: torch.Tensor, b0: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ref_routing(e_hat: torch.Tensor, b0: torch.Tensor, iters: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 for ONE user with only its real behaviours (n, D) and its K' active
     interests' initial logits (K', n), written with explicit loops."""
     Kp, n = b0.shape
@@ -86,7 +93,8 @@ def test_config_roundtrip_and_factories():
     yt, m1 = youtube_dnn(cfg), mind_1(cfg)
     assert (yt.pooling, yt.n_interests, m1.pooling, m1.n_interests) == ("mean", 1, "routing", 1)
     assert yt.n_items == cfg.n_items and m1.embed_dim == cfg.embed_dim
-    for bad in (dict(pooling="max"), dict(sampler="uniform"), dict(pooling="mean"), dict(pow_p=-1.0)):
+    for bad in (dict(pooling="max"), dict(sampler="uniform"), dict(pooling="mean"),
+                dict(pow_p=-1.0)):
         with pytest.raises(ValueError):
             tiny_cfg(**bad)
     assert tiny_cfg(profile_vocab={"gender": 0}).profile_fields == ()  # 0 = absent
@@ -172,7 +180,8 @@ def test_mistake2_softmax_over_interests_matches_reference_algorithm():
         torch.testing.assert_close(out.capsules[u, :kp], ref_u)
         torch.testing.assert_close(out.coupling[u, :kp, :n], ref_w)
         # each real behaviour distributes exactly 1 over the active interests
-        torch.testing.assert_close(out.coupling[u, :kp, :n].sum(0), torch.ones(n, dtype=torch.float64))
+        torch.testing.assert_close(out.coupling[u, :kp, :n].sum(0),
+                                   torch.ones(n, dtype=torch.float64))
     # rows (interests) do not sum to 1: it is not a softmax over behaviours
     assert not torch.allclose(out.coupling[0].sum(1), torch.ones(K, dtype=torch.float64))
 
@@ -229,7 +238,8 @@ def test_mistake5_squash_of_zero_and_pow_on_negative_scores_are_nan_free():
     torch.testing.assert_close(squash(z), 25 / 26 * z / 5)
     for p in (0.5, 2.0, 1.0, 0.0, math.inf):
         att = LabelAwareAttention(p)
-        V = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]], [[-2.0, 1.0], [0.5, -3.0], [0.0, 1.0]]],
+        V = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]],
+                          [[-2.0, 1.0], [0.5, -3.0], [0.0, 1.0]]],
                          requires_grad=True)
         e = torch.tensor([[1.0, 0.0], [1.0, 1.0]], requires_grad=True)  # scores < 0, = 0 and > 0
         mask = torch.tensor([[True, True, True], [True, True, False]])
@@ -252,7 +262,8 @@ def test_label_aware_attention_variants():
     hard = LabelAwareAttention(math.inf)
     assert hard.weights(V, mask, e).tolist() == [[0.0, 1.0, 0.0, 0.0]]
     torch.testing.assert_close(hard(V, mask, e), V[:, 1])
-    torch.testing.assert_close(LabelAwareAttention(0)(V, mask, e), (V[0, 0] + V[0, 1] + V[0, 3])[None] / 3)
+    torch.testing.assert_close(LabelAwareAttention(0)(V, mask, e),
+                               (V[0, 0] + V[0, 1] + V[0, 3])[None] / 3)
     for p in (0.5, 1.0, 2.0):
         powed = torch.sign(scores) * scores.abs() ** p
         want = torch.softmax(powed.masked_fill(~mask[0], float("-inf")), 0)
@@ -288,13 +299,14 @@ def test_mistake6_eval_vectors_are_deterministic_and_batch_independent():
     alone2, _ = model.user_interests(user["hist"], user["hist_len"], user)
     assert torch.equal(alone1, alone2)
     perm = torch.tensor([3, 0, 2, 1])
-    in_batch, mb = model.user_interests(b["hist"][perm], b["hist_len"][perm], {k: v[perm] for k, v in b.items()})
+    in_batch, mb = model.user_interests(b["hist"][perm], b["hist_len"][perm],
+                                        {k: v[perm] for k, v in b.items()})
     torch.testing.assert_close(in_batch[0], alone1[0], rtol=1e-5, atol=1e-6)
     assert torch.equal(mb[0], m1[0])
     # wider padding in the batch (L = 12) does not change the user's vectors either
     wide = {**user, "hist": torch.cat([user["hist"], torch.zeros(1, 4, dtype=torch.long)], 1)}
-    torch.testing.assert_close(model.user_interests(wide["hist"], wide["hist_len"], wide)[0], alone1,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.user_interests(wide["hist"], wide["hist_len"], wide)[0],
+                               alone1, rtol=1e-5, atol=1e-6)
     # a second model with the same seed and weights (e.g. reloaded checkpoint) agrees
     twin = MIND(tiny_cfg()).eval()
     twin.load_state_dict(model.state_dict())
@@ -321,7 +333,8 @@ def test_mind_shapes_masks_and_forward():
     out = model(b)
     assert out.shape == (4, 8)
     out.sum().backward()
-    assert model.routing.S.weight.grad is not None and model.profile.emb["gender"].weight.grad is not None
+    assert (model.routing.S.weight.grad is not None
+            and model.profile.emb["gender"].weight.grad is not None)
     assert model.all_item_embeddings().shape == (30, 8)
     assert torch.all(model.all_item_embeddings()[0] == 0)
     assert model.item_embeddings(torch.tensor([[2, 3]])).shape == (1, 2, 8)
@@ -346,7 +359,8 @@ def test_model_without_profile_or_side_features():
     b = make_batch()
     V, mask = model.user_interests(b["hist"], b["hist_len"])
     assert V.shape == (4, 2, 8) and model.profile.out_dim == 0
-    assert model({"hist": b["hist"], "hist_len": b["hist_len"], "target": b["target"]}).shape == (4, 8)
+    assert model({"hist": b["hist"], "hist_len": b["hist_len"],
+                  "target": b["target"]}).shape == (4, 8)
 
 
 def test_youtube_dnn_is_masked_mean_before_the_tower():
@@ -378,7 +392,8 @@ def test_mind_1_interest_puts_every_behaviour_in_one_capsule():
 def _overfit(cfg: ModelConfig, seed: int = 11, steps: int = 300):
     torch.manual_seed(seed)
     model = MIND(cfg)
-    b = make_batch(B=20, L=cfg.max_len, n_items=cfg.n_items, lens=[2 + i % 7 for i in range(20)], seed=seed)
+    b = make_batch(B=20, L=cfg.max_len, n_items=cfg.n_items, lens=[2 + i % 7 for i in range(20)],
+                   seed=seed)
     loss_fn = SampledSoftmaxLoss(cfg.n_items, cfg.n_neg, cfg.sampler)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     losses = []
@@ -394,7 +409,8 @@ def _overfit(cfg: ModelConfig, seed: int = 11, steps: int = 300):
 @pytest.mark.parametrize("k", [3, 1])
 def test_tiny_end_to_end_overfit_ranks_target_first(k):
     """MIND (K=3) and MIND-1 + sampled softmax memorise 20 toy sequences."""
-    cfg = ModelConfig(n_items=42, embed_dim=16, max_len=8, tower_hidden=(32,), n_interests=k, n_neg=40)
+    cfg = ModelConfig(n_items=42, embed_dim=16, max_len=8, tower_hidden=(32,), n_interests=k,
+                      n_neg=40)
     model, b, losses = _overfit(cfg)
     assert losses[-1] < 0.2 * losses[0]
     with torch.no_grad():
@@ -425,7 +441,8 @@ def test_routing_map_starts_as_the_identity():
 def test_embedding_init_std():
     torch.manual_seed(0)
     default = MIND(ModelConfig(n_items=5000, n_categories=2000, embed_dim=16, max_len=8))
-    wide = MIND(ModelConfig(n_items=5000, n_categories=2000, embed_dim=16, max_len=8, embed_init_std=0.5))
+    wide = MIND(ModelConfig(n_items=5000, n_categories=2000, embed_dim=16, max_len=8,
+                            embed_init_std=0.5))
     for model, std in ((default, 16 ** -0.5), (wide, 0.5)):
         for emb in (model.items.item, model.items.sides["category"]):
             w = emb.weight.detach()

@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.build_sequences import PrepConfig, run
 from ingest.importers import import_any
 from ingest.sample_data import generate
+from jobs.build_sequences import PrepConfig, run
 
 pytestmark = pytest.mark.spark
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from artefacts import pointer as pub
-from jobs.publish import main as publish_main
 from artefacts.layout import DataLayout
 from artefacts.storage import write_json
+from jobs.publish import main as publish_main
 
 
 def make_version(root, ds: str, model_bytes: bytes, *, index_from: bytes | None = None) -> str:

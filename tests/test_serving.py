@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from artefacts.layout import DataLayout
+from artefacts.pointer import PublishError, publish, read_current, rollback
+from artefacts.vectors import read_item_embeddings, read_user_vectors
+from ingest.sample_data import generate
 from jobs import embed_users
 from jobs.build_index import IndexConfig, QualityGateError
 from jobs.build_index import run as build_index
@@ -22,18 +26,14 @@ from jobs.build_sequences import run as build_sequences
 from jobs.cluster import StandaloneCluster, spark_submit
 from jobs.embed_users import EmbedConfig
 from jobs.embed_users import run as embed
-from artefacts.layout import DataLayout
-from artefacts.pointer import PublishError, publish, read_current, rollback
-from ingest.sample_data import generate
 from jobs.validation import InputError
-from artefacts.vectors import read_item_embeddings, read_user_vectors
-from serving import retrieval
 from mind_model.checkpoint import save_checkpoint
 from mind_model.data import load_meta
 from mind_model.metrics import topn_multi_interest
 from mind_model.model import MIND
-from serving.retrieval import Retriever, UnknownUserError
 from schemas import LATEST_SEQUENCES, PROFILE_COLUMNS, PROFILE_FIELDS, VOCAB
+from serving import retrieval
+from serving.retrieval import Retriever, UnknownUserError
 
 pytestmark = pytest.mark.spark
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from experiments.sweep import parse_values
-
 from tests.conftest import build_generated_sequences
 
 DS = "2026-11-28"
@@ -43,6 +42,7 @@ def test_sigma_sweep_writes_json_and_plot(seq_dir, tmp_path):
         assert 0.0 <= p["hr@10"] <= p["hr@50"] <= p["hr@100"] <= 1.0
     # each run really used its value
     for v in ("0.1", "5"):
-        cfg = json.loads((out / "runs" / f"routing_sigma={v}" / "metrics.json").read_text())["config"]
+        cfg = json.loads((out / "runs" / f"routing_sigma={v}" / "metrics.json")
+                         .read_text())["config"]
         assert cfg["routing_sigma"] == float(v) and cfg["max_steps"] == 15
     assert (out / "sweep_routing_sigma.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,17 +16,22 @@ import pytest
 import torch
 
 import mind_model.train as train_mod
-from mind_model.checkpoint import (load_checkpoint, load_model, load_optimizer_state,
-                                   optimizer_param_names, save_checkpoint, warm_start)
+from mind_model.checkpoint import (
+    load_checkpoint,
+    load_model,
+    load_optimizer_state,
+    optimizer_param_names,
+    save_checkpoint,
+    warm_start,
+)
 from mind_model.config import ModelConfig
 from mind_model.data import load_meta, read_eval
 from mind_model.evaluate import HeldOutSample
-from schemas import PROFILE_COLUMNS
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.model import MIND
 from mind_model.reader import row_group_rows, shard_rows, train_batches
 from mind_model.train import TrainConfig, TrainStep, param_groups, params_sha256, train
-
+from schemas import PROFILE_COLUMNS
 from tests.conftest import build_generated_sequences
 
 DS = "2026-11-28"
@@ -77,7 +82,8 @@ def test_ddp_two_processes_learn_and_stay_in_sync(seq_dir, tmp_path):
 
     hist = r0["history"]
     print("losses", [round(h["loss"], 3) for h in hist], "valid hr@50",
-          [round(h["valid_hr@50"], 3) for h in hist], "test", r0["test"], "random", 50 / len(meta.active_items))
+          [round(h["valid_hr@50"], 3) for h in hist], "test", r0["test"], "random",
+          50 / len(meta.active_items))
     assert [h["epoch"] for h in hist] == [0, 1, 2]
     assert hist[-1]["loss"] < hist[0]["loss"] - 0.5, [h["loss"] for h in hist]
     assert hist[-1]["loss"] < math.log(cfg.n_neg) - 1.5  # well below log(#negatives)
@@ -174,10 +180,12 @@ def test_checkpoint_from_before_a_config_field_existed_resumes(seq_dir, tmp_path
 def test_train_warm_starts_from_a_previous_run(seq_dir, tmp_path):
     kw = dict(eval_every_epoch=False, test_at_end=False)
     prev = train(small_cfg(seq_dir, tmp_path / "day1", max_steps=5, **kw))
-    r = train(small_cfg(seq_dir, tmp_path / "day2", max_steps=0, warm_start_from=prev["last"], **kw))
+    r = train(small_cfg(seq_dir, tmp_path / "day2", max_steps=0, warm_start_from=prev["last"],
+                        **kw))
     assert r["steps_run"] == 0 and r["params_sha256"] == prev["params_sha256"]
     # resuming wins over warm starting: day2's own last.pt is continued
-    r = train(small_cfg(seq_dir, tmp_path / "day2", max_steps=3, warm_start_from=prev["last"], **kw))
+    r = train(small_cfg(seq_dir, tmp_path / "day2", max_steps=3, warm_start_from=prev["last"],
+                        **kw))
     assert r["start_step"] == 0 and r["resumed_from"] == str(tmp_path / "day2" / "last.pt")
 
 
@@ -197,14 +205,16 @@ def _tiny_batch(n_items: int, B: int = 5, L: int = 6, seed: int = 0) -> dict[str
     hist_len = torch.randint(1, L + 1, (B,), generator=g)
     hist = torch.randint(2, n_items, (B, L), generator=g)
     hist[torch.arange(L)[None, :] >= hist_len[:, None]] = 0
-    return {"hist": hist, "hist_len": hist_len, "target": torch.randint(2, n_items, (B,), generator=g),
+    return {"hist": hist, "hist_len": hist_len,
+            "target": torch.randint(2, n_items, (B,), generator=g),
             "gender_idx": torch.randint(0, 4, (B,), generator=g)}
 
 
 def test_checkpoint_is_weights_only_and_load_model_reproduces_user_vectors(tmp_path):
     model = _tiny_model()
     g = torch.Generator().manual_seed(1)
-    model.set_item_side(torch.randint(2, 6, (40,), generator=g), torch.randint(2, 5, (40,), generator=g))
+    model.set_item_side(torch.randint(2, 6, (40,), generator=g),
+                        torch.randint(2, 5, (40,), generator=g))
     step = TrainStep(model, SampledSoftmaxLoss(40, 16))
     opt = torch.optim.Adam(step.parameters(), lr=1e-2)
     for s in range(3):
@@ -319,8 +329,31 @@ def test_side_and_profile_features_can_be_switched_off(seq_dir, tmp_path):
     model = load_model(tmp_path / "bare" / "last.pt")
     assert len(model.items.sides) == 0 and model.profile.fields == ()
     ev = read_eval(seq_dir, "test")
-    V, mask = model.user_interests(torch.as_tensor(ev["hist"][:8]), torch.as_tensor(ev["hist_len"][:8]))
+    V, mask = model.user_interests(torch.as_tensor(ev["hist"][:8]),
+                                   torch.as_tensor(ev["hist_len"][:8]))
     assert torch.isfinite(V).all() and mask.any(1).all()  # no profile needed to serve
+
+
+@pytest.mark.spark
+def test_every_model_setting_of_a_run_reaches_the_model(seq_dir, tmp_path):
+    """TrainConfig's model fields are ModelConfig's (inherited, not copied): a run's value
+    of each one, every one changed from its default, is the value the model is built with."""
+    import dataclasses
+
+    from mind_model.config import ModelSettings
+
+    changed = {"embed_dim": 24, "embed_init_std": 0.3, "tower_hidden": (16, 8), "profile_dim": 4,
+               "n_interests": 3, "routing_iters": 5, "routing_sigma": 0.5,
+               "routing_init_scale": 2.0, "dynamic_interests": False, "pow_p": 2.0, "n_neg": 64,
+               "sampler": "popularity", "logit_scale": 3.0}
+    names = {f.name for f in dataclasses.fields(ModelSettings)}
+    assert set(changed) == names  # a new setting must be added to this test too
+    defaults = ModelSettings()
+    assert all(getattr(defaults, k) != v for k, v in changed.items())
+    assert all(TrainConfig.__dataclass_fields__[k].default == getattr(defaults, k)
+               for k in names)
+    mcfg = small_cfg(seq_dir, tmp_path, **changed).model_config(load_meta(seq_dir))
+    assert {k: getattr(mcfg, k) for k in names} == changed
 
 
 def test_routing_map_learns_at_its_own_rate(tmp_path):
@@ -329,7 +362,8 @@ def test_routing_map_learns_at_its_own_rate(tmp_path):
     step = TrainStep(model, SampledSoftmaxLoss(20, 4))
     groups = param_groups(step, cfg)
     assert [len(g["params"]) for g in groups] == [len(list(step.parameters())) - 1, 1]
-    assert groups[1]["params"][0] is model.routing.S.weight and groups[1]["lr"] == pytest.approx(2e-4)
+    assert (groups[1]["params"][0] is model.routing.S.weight
+            and groups[1]["lr"] == pytest.approx(2e-4))
     opt = torch.optim.Adam(groups, lr=cfg.lr)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-4])
     # YouTube DNN has no routing map: one group

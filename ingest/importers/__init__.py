@@ -13,8 +13,14 @@ from typing import Any, Sequence
 
 from ingest.importers.amazon_ratings import iter_amazon_ratings, read_amazon_ratings
 from ingest.importers.amazon_seq import read_amazon_seq
-from ingest.importers.common import (RawEventsWriter, ReadStats, report_stats, require_file,
-                                   write_raw_batches, write_raw_events)
+from ingest.importers.common import (
+    RawEventsWriter,
+    ReadStats,
+    report_stats,
+    require_file,
+    write_raw_batches,
+    write_raw_events,
+)
 from ingest.importers.movielens import read_movielens
 from ingest.importers.taobao import iter_taobao, read_taobao
 

@@ -11,8 +11,15 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from ingest.importers.common import (BLOCK_SIZE, ReadStats, drop_below, numbers, raw_table,
-                                   read_csv_batches, unix_seconds)
+from ingest.importers.common import (
+    BLOCK_SIZE,
+    ReadStats,
+    drop_below,
+    numbers,
+    raw_table,
+    read_csv_batches,
+    unix_seconds,
+)
 
 COLUMNS = ["user", "item", "rating", "timestamp"]
 

@@ -15,8 +15,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.importers.common import (ReadStats, drop_below, numbers, raw_table,
-                                   read_csv_table, report_stats, unix_seconds)
+from ingest.importers.common import (
+    ReadStats,
+    drop_below,
+    numbers,
+    raw_table,
+    read_csv_table,
+    report_stats,
+    unix_seconds,
+)
 
 NO_GENRE = "(no genres listed)"
 

@@ -13,8 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.importers.common import (BLOCK_SIZE, ReadStats, raw_table, read_csv_batches,
-                                   unix_seconds)
+from ingest.importers.common import BLOCK_SIZE, ReadStats, raw_table, read_csv_batches, unix_seconds
 from schemas.tables import BEHAVIORS
 
 COLUMNS = ["user", "item", "category", "behavior", "timestamp"]
