@@ -32,6 +32,8 @@ from experiments.stats import mean_se
 from mind_model.metrics import HR_NS
 
 METRICS = tuple(f"hr@{n}" for n in HR_NS)
+BREAKDOWNS = {"k_active": "By K'_u (history length)",
+              "target": "By target item (rare or new vs frequent)"}
 
 
 def _test_set(run: Mapping[str, Any]) -> tuple[str, str]:
@@ -62,9 +64,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
     methods: dict[str, dict[str, Any]] = {}
     for m in names:
         have = [r for r in runs if m in r["methods"]]
-        groups = ([[r for r in have if _test_set(r) == ts] for ts in test_sets] if by_set
-                  else [[r] for r in have])
-        groups = [g for g in groups if g]
+        groups = _units(have, test_sets, by_set)
 
         def per_unit(value) -> list[float]:
             return [sum(value(r) for r in g) / len(g) for g in groups]
@@ -84,7 +84,74 @@ def aggregate(runs: Sequence[Mapping[str, Any]], metric: str = "hr@50",
             "unit": "test set" if by_set else "run", "n_units": n_units,
             "test_sets": [{"data": d, "split": s} for d, s in test_sets],
             "users": [int(r["methods"][reference].get("users", 0)) for r in runs],
-            "methods": methods}
+            "methods": methods,
+            "breakdown": {key: aggregate_breakdown(runs, key, names, metric, reference,
+                                                   test_sets, by_set)
+                          for key in BREAKDOWNS
+                          if any(key in r.get("breakdown", {}) for r in runs)}}
+
+
+def _units(runs: Sequence[Mapping[str, Any]], test_sets: Sequence[tuple[str, str]],
+           by_set: bool) -> list[list[Mapping[str, Any]]]:
+    """The runs grouped into units: one group per test set, or one per run."""
+    groups = ([[r for r in runs if _test_set(r) == ts] for ts in test_sets] if by_set
+              else [[r] for r in runs])
+    return [g for g in groups if g]
+
+
+def aggregate_breakdown(runs: Sequence[Mapping[str, Any]], key: str, names: Sequence[str],
+                        metric: str, reference: str, test_sets: Sequence[tuple[str, str]],
+                        by_set: bool) -> dict[str, Any]:
+    """compare's breakdown `key` (k_active, target) over the runs: per group and method the
+    mean metric and the mean paired difference from the reference with its SE across
+    units, computed like the overall table."""
+    labels = list(dict.fromkeys(g for r in runs for g in r.get("breakdown", {}).get(key, {})))
+    out: dict[str, Any] = {}
+    for label in labels:
+        def cell(r, m):
+            return r.get("breakdown", {}).get(key, {}).get(label, {}).get("methods", {}).get(m)
+
+        rows = {}
+        for m in names:
+            have = [r for r in runs if cell(r, m) is not None and cell(r, reference) is not None]
+            if not have:
+                continue
+            units = _units(have, test_sets, by_set)
+            values = [sum(cell(r, m)[metric] for r in g) / len(g) for g in units]
+            diffs = [sum(cell(r, m)[metric] - cell(r, reference)[metric] for r in g) / len(g)
+                     for g in units]
+            mean_diff, se = mean_se(diffs)
+            rows[m] = {f"mean_{metric}": mean_se(values)[0], "mean_diff": mean_diff,
+                       "diff_se": se, "n_units": len(units)}
+        users = sum(r["breakdown"][key][label]["users"] for r in runs
+                    if label in r.get("breakdown", {}).get(key, {}))
+        out[label] = {"users": users, "methods": rows}
+    return out
+
+
+def breakdown_markdown(table: Mapping[str, Any], title: str, metric: str, reference: str) -> str:
+    """Rows = methods, columns = groups: mean metric (mean difference ± SE)."""
+    labels = list(table)
+    names = list(dict.fromkeys(m for g in labels for m in table[g]["methods"]))
+    ref_name = METHOD_NAMES.get(reference, reference)
+    lines = [f"{title}: mean {metric.upper()} (mean − {ref_name} ± SE across units)", "",
+             "| Method | " + " | ".join(f"{g} ({table[g]['users']} user evaluations)"
+                                        for g in labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    for m in names:
+        cells = []
+        for g in labels:
+            row = table[g]["methods"].get(m)
+            if row is None:
+                cells.append("")
+                continue
+            cell = f"{row[f'mean_{metric}']:.4f}"
+            if m != reference:
+                se = "" if math.isnan(row["diff_se"]) else f" ± {row['diff_se']:.4f}"
+                cell += f" ({row['mean_diff']:+.4f}{se})"
+            cells.append(cell)
+        lines.append(f"| {METHOD_NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
@@ -116,6 +183,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {per_unit} | "
                      + " | ".join(f"{row[f'mean_{k}']:.4f}" for k in METRICS)
                      + f" | {diff} | {wins} |")
+    for key, table in summary.get("breakdown", {}).items():
+        lines += ["", breakdown_markdown(table, BREAKDOWNS[key], metric, ref)]
     return "\n".join(lines) + "\n"
 
 

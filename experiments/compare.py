@@ -45,6 +45,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from artefacts.storage import write_json, write_text
+from experiments import baseline_grid
+from experiments import breakdown as bd
 from experiments.overrides import parse_overrides
 from experiments.stats import hr_se, paired_difference, relative
 from mind_model.metrics import HR_NS
@@ -72,13 +74,13 @@ def _metrics_row(paper: Mapping[str, float], comirec: Mapping[str, float] | None
     return row
 
 
-def _score(rec, samples: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
-    """Both protocols for one recommender: its table row and each user's HR@50 hit (U,)."""
+def _score(rec, samples: Mapping[str, Any]) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+    """Both protocols for one recommender: its table row and each user's hits {N: (U,)}."""
     from mind_model.evaluate import evaluate, evaluate_comirec
 
     paper = evaluate(rec, samples, per_user=True)
-    hit50 = paper.pop("hits")[50]
-    return _metrics_row(paper, evaluate_comirec(rec, samples)), hit50
+    hits = paper.pop("hits")
+    return _metrics_row(paper, evaluate_comirec(rec, samples)), hits
 
 
 def add_relative(methods: dict[str, dict[str, Any]], reference: str = REFERENCE) -> None:
@@ -91,15 +93,16 @@ def add_relative(methods: dict[str, dict[str, Any]], reference: str = REFERENCE)
             row[f"rel_hr@{n}"] = relative(row[f"hr@{n}"], ref[f"hr@{n}"])
 
 
-def add_paired(methods: dict[str, dict[str, Any]], hits: Mapping[str, np.ndarray],
+def add_paired(methods: dict[str, dict[str, Any]], hits: Mapping[str, Mapping[int, np.ndarray]],
                reference: str = REFERENCE) -> None:
-    """methods[m]["diff_hr@50"], ["diff_hr@50_se"]: HR@50 minus the reference's, paired."""
+    """methods[m]["diff_hr@50"], ["diff_hr@50_se"]: HR@50 minus the reference's, paired.
+    hits: method -> {N: (U,) bool}."""
     if reference not in hits:
         return
     for m, h in hits.items():
         if m in methods:
             methods[m]["diff_hr@50"], methods[m]["diff_hr@50_se"] = \
-                paired_difference(h, hits[reference])
+                paired_difference(h[50], hits[reference][50])
 
 
 def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
@@ -107,15 +110,18 @@ def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") ->
     improvement of HR@50 over YouTube DNN; then the ComiRec metrics when present."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| Method | HR@10 | HR@50 | HR@100 | HR@50 SE | HR@50 vs YouTube DNN "
-              "| HR@50 − YouTube DNN (paired SE) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| HR@50 − YouTube DNN (paired SE) | best epoch |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, row in methods.items():
         rel = row.get("rel_hr@50", float("nan"))
         rel_s = "—" if math.isnan(rel) else f"{rel * 100:+.1f}%"
         diff, diff_se = row.get("diff_hr@50", float("nan")), row.get("diff_hr@50_se", float("nan"))
         diff_s = "—" if math.isnan(diff) else f"{diff:+.4f} ({diff_se:.4f})"
+        best = row.get("best_epoch")
+        best_s = "—" if best is None else f"{best} of {len(row.get('loss_by_epoch') or [])}"
         lines.append(f"| {METHOD_NAMES.get(key, key)} | {row['hr@10']:.4f} | {row['hr@50']:.4f} | "
-                     f"{row['hr@100']:.4f} | {row['hr@50_se']:.4f} | {rel_s} | {diff_s} |")
+                     f"{row['hr@100']:.4f} | {row['hr@50_se']:.4f} | {rel_s} | {diff_s} "
+                     f"| {best_s} |")
     if any("comirec" in r for r in methods.values()):
         lines += ["",
                   "ComiRec protocol (first 80 % of a held-out user's sequence predicts the rest):",
@@ -126,6 +132,11 @@ def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") ->
             if c:
                 lines.append(f"| {METHOD_NAMES.get(key, key)} | {c['recall@20']:.4f} | "
                              f"{c['recall@50']:.4f} | {c['hr@20']:.4f} | {c['hr@50']:.4f} |")
+    tuned = {k: r for k, r in methods.items() if r.get("tuning")}
+    if tuned:
+        lines += ["", "Baselines tuned on the valid users (HR@50; best of the grid): " + "; ".join(
+            f"{METHOD_NAMES.get(k, k)} {r['params']} of {len(r['tuning'])} points, valid "
+            f"{max(t['hr@50'] for t in r['tuning']):.4f}" for k, r in tuned.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -167,13 +178,14 @@ def _fmt_interest_report(rep: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------- compare
 
 
-def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
+def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 30,
             max_steps: int | None = None, seed: int = 0,
             overrides: Mapping[str, Any] | None = None,
             variant_overrides: Mapping[str, Mapping[str, Any]] | None = None,
             nproc: int = 1, truth_dir: Path | str | None = None, split: str = "test",
             variants: Sequence[str] = VARIANT_ORDER, baselines: Sequence[str] = BASELINE_ORDER,
             baseline_params: Mapping[str, Mapping[str, Any]] | None = None,
+            baseline_grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
             heatmap_users: int = 4, device: str = "cpu") -> dict[str, Any]:
     """Train `variants` with one budget and seed, score them and `baselines` on `split`;
     write compare.json, compare.md, coupling_heatmap.png into out_dir; return the JSON."""
@@ -199,9 +211,10 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
                                 "overrides": common, "variant_overrides": per_variant,
                                 "train_configs": {}}
     methods: dict[str, dict[str, Any]] = {}
-    hits: dict[str, np.ndarray] = {}  # method -> (U,) HR@50 hit of each held-out user
+    hits: dict[str, dict[int, np.ndarray]] = {}  # method -> {N: (U,) hit of each user}
     if baselines:
-        score_baselines(seq_dir, meta, samples, baselines, baseline_params or {}, methods, hits)
+        score_baselines(seq_dir, meta, samples, baselines, baseline_params or {}, methods, hits,
+                        baseline_grids)
     budget = dict(epochs=epochs, max_steps=max_steps, seed=seed)
     models = {}
     for variant in variants:
@@ -219,8 +232,10 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
         interests, heatmap_path = interpret_mind(models["mind"], seq_dir, out_dir, samples,
                                                  meta.active_items, truth_dir, heatmap_users,
                                                  seed)
-    result = {"settings": settings, "methods": methods, "interests": interests,
-              "reference": REFERENCE, "heatmap": str(heatmap_path) if heatmap_path else None,
+    result = {"settings": settings, "methods": methods,
+              "breakdown": breakdowns({m: hits[m] for m in methods}, samples, meta),
+              "interests": interests, "reference": REFERENCE,
+              "heatmap": str(heatmap_path) if heatmap_path else None,
               "wall_s": time.time() - t_start}
     md = report_markdown(result, seq_dir, len(samples["target"]))
     write_json(out_dir / "compare.json", result, sort_keys=False)
@@ -231,22 +246,44 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 10,
     return result
 
 
+def breakdowns(hits: Mapping[str, Mapping[int, np.ndarray]], samples: Mapping[str, Any],
+               meta) -> dict[str, Any]:
+    """HR by the users' K'_u and by whether the target is a rare or new item."""
+    return {
+        "k_active": bd.breakdown(hits, bd.k_active_groups(samples["hist_len"]), REFERENCE,
+                                 bd.K_ACTIVE_LABELS),
+        "target": bd.breakdown(hits, bd.target_groups(samples["target"], meta.item_own),
+                               REFERENCE, bd.TARGET_LABELS),
+    }
+
+
 def score_baselines(seq_dir: Path, meta, samples: Mapping[str, Any], names: Sequence[str],
                     params: Mapping[str, Mapping[str, Any]], methods: dict[str, dict[str, Any]],
-                    hits: dict[str, np.ndarray]) -> None:
-    """Fit each baseline on the training samples only and score it on `samples`."""
+                    hits: dict[str, dict[int, np.ndarray]],
+                    grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None) -> None:
+    """Fit each baseline on the training samples only and score it on `samples`. With
+    `grids`, a baseline that has one is first tuned on the valid users
+    (`experiments.baseline_grid`); `params` are then fixed values for every point."""
+    from experiments import baseline_grid
     from mind_model.baselines import build
-    from mind_model.data import read_train
+    from mind_model.data import read_eval, read_train
 
     train_samples = read_train(seq_dir)
+    valid = read_eval(seq_dir, "valid") if grids else None
     for name in names:
         t0 = time.perf_counter()
-        log.info("baseline %s: fitting", name)
-        rec = build(name, meta.n_items, meta.active_items,
-                    **dict(params.get(name, {}))).fit(train_samples)
+        chosen, evidence = dict(params.get(name, {})), []
+        if grids and grids.get(name) and len(valid["target"]):
+            log.info("baseline %s: tuning on %d valid users", name, len(valid["target"]))
+            chosen, evidence = baseline_grid.tune(name, train_samples, valid, meta.n_items,
+                                                  meta.active_items, grids[name], chosen)
+        log.info("baseline %s: fitting %s", name, chosen or "(defaults)")
+        rec = build(name, meta.n_items, meta.active_items, **chosen).fit(train_samples)
         fit_s = time.perf_counter() - t0
         row, hits[name] = _score(rec, samples)
-        row["fit_s"] = fit_s
+        row.update(fit_s=fit_s, params=chosen)
+        if evidence:
+            row["tuning"] = evidence
         methods[name] = row
         log.info("baseline %s: HR@50 %.4f (fit %.0fs)", name, row["hr@50"], fit_s)
 
@@ -266,8 +303,8 @@ def variant_config(seq_dir: Path, out_dir: Path, variant: str, budget: Mapping[s
 
 
 def train_and_score(cfg, nproc: int, meta, samples: Mapping[str, Any],
-                    device: str) -> tuple[dict[str, Any], np.ndarray, Any]:
-    """Train one variant, score its best.pt; (table row, per-user HR@50 hits, model)."""
+                    device: str) -> tuple[dict[str, Any], dict[int, np.ndarray], Any]:
+    """Train one variant, score its best.pt; (table row, per-user hits {N: (U,)}, model)."""
     from mind_model.checkpoint import load_model
     from mind_model.evaluate import ModelRecommender
     from mind_model.launch import run_training
@@ -278,7 +315,7 @@ def train_and_score(cfg, nproc: int, meta, samples: Mapping[str, Any],
     result = run_training(cfg, nproc)
     train_s = time.perf_counter() - t0
     model = load_model(result["best"], device)
-    row, hit50 = _score(ModelRecommender(model, meta.active_items, device=device), samples)
+    row, hits = _score(ModelRecommender(model, meta.active_items, device=device), samples)
     hist = result.get("history") or []
     row.update(train_s=train_s, best_epoch=(result.get("best_valid") or {}).get("epoch"),
                valid_hr50_by_epoch=[h.get("valid_hr@50") for h in hist],
@@ -286,7 +323,7 @@ def train_and_score(cfg, nproc: int, meta, samples: Mapping[str, Any],
                samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else None)
     log.info("%s: HR@50 %.4f (best epoch %s, %.0fs)", METHOD_NAMES[cfg.variant], row["hr@50"],
              row["best_epoch"], train_s)
-    return row, hit50, model
+    return row, hits, model
 
 
 def interpret_mind(model, seq_dir: Path, out_dir: Path, samples: Mapping[str, Any],
@@ -321,12 +358,19 @@ def report_markdown(result: Mapping[str, Any], seq_dir: Path, n_users: int) -> s
     s, interests = result["settings"], result["interests"]
     title = f"HR@N on the {s['split']} users of {seq_dir.name} ({n_users} users)"
     md = [f"# Compare: {seq_dir}", "",
-          f"Same data, budget ({s['epochs']} epochs"
+          f"Same data, budget (at most {s['epochs']} epochs"
           + (f", max {s['max_steps']} steps" if s["max_steps"] else "")
           + f"), seed {s['seed']}, {s['nproc']} process(es); each model = best valid HR@50 "
           f"epoch. Overrides: {json.dumps(s['overrides'], default=str)}; per variant: "
           f"{json.dumps(s['variant_overrides'], default=str)}.", "",
           markdown_table(result["methods"], title)]
+    ref_name = METHOD_NAMES[result["reference"]]
+    for key, what in (("k_active", "By the user's number of interests K'_u (history length)"),
+                      ("target", "By the target item (rare or new: fewer than min_item_count "
+                                 "events of training users, no id embedding of its own)")):
+        table = result.get("breakdown", {}).get(key)
+        if table:
+            md += ["", bd.markdown(table, METHOD_NAMES, what, ref_name)]
     if interests:
         md.append(_fmt_interest_report(interests))
     if result["heatmap"]:
@@ -344,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="sequences/ds=<ds> folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=30,
+                   help="at most; each model stops after --set patience=N (default 3) epochs "
+                        "without a better valid HR@50 and keeps its best epoch")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nproc", type=int, default=1, help="training processes per variant")
@@ -357,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default=",".join(BASELINE_ORDER), help="'' for none")
     p.add_argument("--baseline-params", default="{}",
                    help='JSON, e.g. {"itemcf": {"window": 3}, "als": {"factors": 64}}')
+    p.add_argument("--tune-baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="pick ALS's and item-CF's parameters on the valid users first (the "
+                        "grids of experiments.baseline_grid); --baseline-params stay fixed")
     p.add_argument("--heatmap-users", type=int, default=4)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -367,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                   overrides=common, variant_overrides=per, nproc=a.nproc, truth_dir=a.truth,
                   split=a.split, variants=[v for v in a.variants.split(",") if v],
                   baselines=[b for b in a.baselines.split(",") if b],
-                  baseline_params=json.loads(a.baseline_params), heatmap_users=a.heatmap_users,
+                  baseline_params=json.loads(a.baseline_params),
+                  baseline_grids=baseline_grid.GRIDS if a.tune_baselines else None,
+                  heatmap_users=a.heatmap_users,
                   device=a.device)
     print(res["markdown"])
     return 0

@@ -83,7 +83,7 @@ def plot(points: Sequence[Mapping[str, Any]], param: str, path: Path, title: str
 
 
 def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence[Any], *,
-          epochs: int = 10, max_steps: int | None = None, seed: int = 0,
+          epochs: int = 30, max_steps: int | None = None, seed: int = 0,
           overrides: Mapping[str, Any] | None = None, variant: str = "mind", nproc: int = 1,
           split: str = "test", device: str = "cpu") -> dict[str, Any]:
     """One training run per value of `param`; returns (and writes) the HR@N of each."""
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="sigma (routing_sigma), p (pow_p), K (n_interests) or any "
                         "TrainConfig field")
     p.add_argument("--values", required=True, help="comma-separated, e.g. 0.1,1,5 or 0,1,inf")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=30, help="at most (early stopping: patience)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nproc", type=int, default=1)

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = RAW_EVENTS.data_names  # user_id ... event_time
 SPLITS = ("train", "valid", "test")
+RARE_ITEMS = ("keep", "drop")
 
 
 @dataclass
@@ -69,9 +70,10 @@ class PrepConfig:
     data_root: Path
     ds: str                      # the run's date, YYYY-MM-DD: the last day of the window
     lookback_days: int = 30      # window = [ds - lookback_days + 1, ds]
-    min_item_count: int = 5      # paper: 10 on Amazon Books
+    min_item_count: int = 5      # training events an item needs for its own id embedding
     min_user_count: int = 5
-    filter_rounds: int = 1       # item-then-user passes; >1 approaches a k-core
+    rare_items: str = "keep"     # "keep": in histories and catalogue; "drop": the paper's filter
+    filter_rounds: int = 1       # with rare_items="drop": item-then-user passes (>1: k-core)
     max_len: int = 50            # L: behaviours kept before each target (hist padded to L)
     split_buckets: int = 20      # users hashed into buckets: 1 test bucket => 19:1
     valid_buckets: int = 1       # buckets taken from the training side for validation
@@ -90,6 +92,8 @@ class PrepConfig:
             raise ValueError("lookback_days and max_len must be >= 1")
         if not 0 <= self.valid_buckets < self.split_buckets - 1:
             raise ValueError("valid_buckets must leave at least one training bucket")
+        if self.rare_items not in RARE_ITEMS:
+            raise ValueError(f"rare_items must be one of {RARE_ITEMS}, got {self.rare_items!r}")
 
     @property
     def events_root(self) -> Path:
@@ -206,12 +210,18 @@ def annotate_quarantine(events: DataFrame, window_start: str) -> DataFrame:
 
 
 def filter_rare(events: DataFrame, *, min_item_count: int, min_user_count: int,
-                rounds: int) -> DataFrame:
-    """Drop items, then users, with too few interactions (the paper's filter)."""
-    for _ in range(rounds):
-        items = (events.groupBy("item_id").count()
-                 .where(F.col("count") >= min_item_count).select("item_id"))
-        events = events.join(items, "item_id", "left_semi")
+                rounds: int, drop_items: bool) -> DataFrame:
+    """Drop users with too few interactions; with `drop_items`, first items too (the
+    paper's filter, `rounds` item-then-user passes).
+
+    By default rare items stay: in histories, as targets and in the catalogue. They share
+    the unknown id's embedding and are told apart by their side features (`id_embedding`
+    in the items table), so an item launched yesterday can be retrieved today."""
+    for _ in range(rounds if drop_items else 1):
+        if drop_items:
+            items = (events.groupBy("item_id").count()
+                     .where(F.col("count") >= min_item_count).select("item_id"))
+            events = events.join(items, "item_id", "left_semi")
         users = (events.groupBy("user_id").count()
                  .where(F.col("count") >= min_user_count).select("user_id"))
         events = events.join(users, "user_id", "left_semi")
@@ -287,16 +297,23 @@ def build_vocabularies(events: DataFrame, user_profiles: DataFrame | None,
     return vocab
 
 
-def item_table(events: DataFrame, vocab: dict[str, DataFrame]) -> DataFrame:
-    """ITEM_FEATURES: every kept item, its latest side ids and its interaction count."""
+def item_table(events: DataFrame, vocab: dict[str, DataFrame], seqs: DataFrame,
+               min_item_count: int) -> DataFrame:
+    """ITEM_FEATURES: every kept item, its latest side ids, its interaction counts (all
+    users, training users) and whether it gets its own id embedding."""
     latest_first = Window.partitionBy("item_id").orderBy(
         F.col("event_time").desc(), F.col("category_id").desc_nulls_last(),
         F.col("brand_id").desc_nulls_last())
-    items = (events
-             .withColumn("interactions", F.count(F.lit(1)).over(Window.partitionBy("item_id")))
+    by_item = Window.partitionBy("item_id")
+    in_train = (F.col("split") == "train").cast("long")
+    items = (events.join(seqs.select("user_id", "split"), "user_id", "left")
+             .withColumn("interactions", F.count(F.lit(1)).over(by_item))
+             .withColumn("train_interactions", F.sum(in_train).over(by_item))
              .withColumn("rk", F.row_number().over(latest_first))
              .where("rk = 1")
-             .select("item_id", "category_id", "brand_id", "interactions"))
+             .withColumn("id_embedding", F.col("train_interactions") >= F.lit(min_item_count))
+             .select("item_id", "category_id", "brand_id", "interactions", "train_interactions",
+                     "id_embedding"))
     items = with_idx(items, vocab["item"], "item_id", "item_idx")
     items = with_idx(items, vocab["category"], "category_id", "category_idx")
     items = with_idx(items, vocab["brand"], "brand_id", "brand_idx")
@@ -383,7 +400,8 @@ def transform(events: DataFrame, profiles: DataFrame | None,
     seqs = user_sequences(events, vocab, user_profiles, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     heldout = heldout_samples(seqs, cfg.max_len, cfg.seed)
     return {
-        "vocab": vocab, "items": item_table(events, vocab), "users": seqs.select(*USERS.names),
+        "vocab": vocab, "items": item_table(events, vocab, seqs, cfg.min_item_count),
+        "users": seqs.select(*USERS.names),
         "seqs": seqs, "train": training_samples(seqs, cfg.max_len),
         "valid": heldout.where(F.col("split") == "valid").drop("split"),
         "test": heldout.where(F.col("split") == "test").drop("split"),
@@ -454,8 +472,8 @@ def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int
     distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     n_distinct = distinct.count()
     kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
-                       min_user_count=cfg.min_user_count,
-                       rounds=cfg.filter_rounds).persist(StorageLevel.MEMORY_AND_DISK)
+                       min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds,
+                       drop_items=cfg.rare_items == "drop").persist(StorageLevel.MEMORY_AND_DISK)
     n_kept = kept.count()
     n_valid = by_reason.get(None, 0)
     counts = {
@@ -498,7 +516,10 @@ def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
             vocab_sizes[name] = int(df.agg(F.max("idx")).first()[0] or UNK_IDX) + 1
 
         stage("statistics")
-        stats.update(items=out["items"].count(), vocab_sizes=vocab_sizes,
+        own = {r["id_embedding"]: r["count"]
+               for r in out["items"].groupBy("id_embedding").count().collect()}
+        stats.update(items=sum(own.values()), items_sharing_unknown_id=own.get(False, 0),
+                     vocab_sizes=vocab_sizes,
                      sequence_length_histogram=length_histogram(out["seqs"]))
         stats["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "stats.json", stats)
@@ -557,6 +578,9 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
     p.add_argument("--lookback-days", type=int, default=d.lookback_days)
     p.add_argument("--min-item-count", type=int, default=d.min_item_count)
     p.add_argument("--min-user-count", type=int, default=d.min_user_count)
+    p.add_argument("--rare-items", choices=RARE_ITEMS, default=d.rare_items,
+                   help="keep: rare items stay (shared id embedding, side features); drop: "
+                        "remove items below --min-item-count (the paper's filter)")
     p.add_argument("--filter-rounds", type=int, default=d.filter_rounds)
     p.add_argument("--max-len", type=int, default=d.max_len)
     p.add_argument("--split-buckets", type=int, default=d.split_buckets)

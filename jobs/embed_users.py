@@ -43,7 +43,7 @@ from artefacts.storage import staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_schema
-from schemas import ITEM_EMBEDDINGS, ITEM_FEATURES, LATEST_SEQUENCES, PROFILE_COLUMNS, USER_VECTORS
+from schemas import ITEM_EMBEDDINGS, LATEST_SEQUENCES, PROFILE_COLUMNS, UNK_IDX, USER_VECTORS
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +81,34 @@ class EmbedConfig:
 
 # ------------------------------------------------------------- executor side (per worker)
 
-_MODELS: dict[tuple[str, int, int], Any] = {}  # one model per Python worker process
+_MODELS: dict[tuple[str, int, int, str], Any] = {}  # one model per Python worker process
 _LOADS = 0
 
 
-def cached_model(path: str):
-    """The model at `path`, loaded once per process (reloaded if the file changes)."""
+def load_for_catalogue(path: str | Path, seq_dir: str | Path):
+    """The model at `path` with its catalogue extended to the items of `seq_dir`: items
+    newer than the model (in histories and in the index) count by their side features."""
+    from mind_model.checkpoint import load_model
+    from mind_model.data import load_meta
+    from mind_model.inference import fit_catalogue
+
+    model = load_model(path)
+    meta = load_meta(seq_dir)
+    added = fit_catalogue(model, meta.item_category, meta.item_brand)
+    if added:
+        log.info("%d item id(s) newer than the model are scored by their side features", added)
+    return model
+
+
+def cached_model(path: str, seq_dir: str):
+    """`load_for_catalogue`, once per process (again if the model file changes)."""
     global _LOADS
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, str(seq_dir))
     model = _MODELS.get(key)
     if model is None:
-        from mind_model.checkpoint import load_model
-
         _MODELS.clear()  # a new checkpoint replaces the old one: keep one model in memory
-        model = _MODELS[key] = load_model(path)
+        model = _MODELS[key] = load_for_catalogue(path, seq_dir)
         _LOADS += 1
         log.info("pid %d loaded %s (load #%d)", os.getpid(), path, _LOADS)
     return model
@@ -133,8 +146,8 @@ def vectors_batch(vectors: list[np.ndarray], dim: int) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, inner)
 
 
-def embed_batches(batches: Iterator[pa.RecordBatch], *, model_path: str, version: str, ds: str,
-                  batch_size: int) -> Iterator[pa.RecordBatch]:
+def embed_batches(batches: Iterator[pa.RecordBatch], *, model_path: str, seq_dir: str,
+                  version: str, ds: str, batch_size: int) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: LATEST_SEQUENCES record batches -> USER_VECTORS record batches.
 
     Arrow in and out, with no pandas round trip: the nested vectors column is built from
@@ -146,7 +159,7 @@ def embed_batches(batches: Iterator[pa.RecordBatch], *, model_path: str, version
     from mind_model.inference import interest_vectors
 
     torch.set_num_threads(task_cpus())
-    model = cached_model(model_path)
+    model = cached_model(model_path, seq_dir)
     schema = to_arrow_schema(USER_VECTORS.spark_schema())
     dim = model.cfg.embed_dim
     for rb in batches:
@@ -184,8 +197,8 @@ def extract(spark: SparkSession, seq_dir: Path) -> DataFrame:
 # ----------------------------------------------------------------------------- transform
 
 
-def transform(latest: DataFrame, *, model_path: str, version: str, ds: str, batch_size: int,
-              partitions: int) -> DataFrame:
+def transform(latest: DataFrame, *, model_path: str, seq_dir: str, version: str, ds: str,
+              batch_size: int, partitions: int) -> DataFrame:
     """USER_VECTORS for every row of `latest` (hash-partitioned and sorted by user_idx, so
     the same input gives the same files)."""
     # By module name, not this module's globals: run as a script (`python -m`, spark-submit)
@@ -193,8 +206,8 @@ def transform(latest: DataFrame, *, model_path: str, version: str, ds: str, batc
     # fresh copy of the model cache. Imported by name, workers import it once and keep it.
     from jobs import embed_users as importable
 
-    fn = functools.partial(importable.embed_batches, model_path=model_path, version=version,
-                           ds=ds, batch_size=batch_size)
+    fn = functools.partial(importable.embed_batches, model_path=model_path, seq_dir=seq_dir,
+                           version=version, ds=ds, batch_size=batch_size)
     return (latest.repartition(partitions, "user_idx").sortWithinPartitions("user_idx")
             .mapInArrow(fn, USER_VECTORS.spark_schema()))
 
@@ -204,18 +217,16 @@ def transform(latest: DataFrame, *, model_path: str, version: str, ds: str, batc
 
 def export_items(model, seq_dir: Path, out_dir: Path, *, version: str, ds: str,
                  chunk: int) -> dict[str, int]:
-    """Embeddings of today's active items (ITEM_EMBEDDINGS) in one Parquet file."""
+    """Embeddings of today's active items (ITEM_EMBEDDINGS) in one Parquet file: every
+    item, rare ones and ones newer than the model included (`model` is extended to the
+    catalogue by `load_for_catalogue`; those items are embedded through their side ids)."""
     import torch
 
-    items = pq.read_table(Path(seq_dir) / "items", columns=["item_idx", "item_id"],
-                          schema=ITEM_FEATURES.arrow_schema()).sort_by("item_idx")
+    items = pq.read_table(Path(seq_dir) / "items", columns=["item_idx", "item_id"]
+                          ).sort_by("item_idx")
     idx = items.column("item_idx").to_numpy().astype(np.int64)
-    known = idx < model.cfg.n_items
-    if not known.all():  # items newer than the model have no trained embedding
-        log.warning("%d active item(s) are newer than the model (n_items=%d) and are left "
-                    "out of the index", int((~known).sum()), model.cfg.n_items)
-    items = items.filter(pa.array(known))
-    idx = idx[known]
+    if len(idx) and idx.max() >= model.n_catalogue:  # cannot happen after load_for_catalogue
+        raise ValueError(f"{seq_dir}/items has ids beyond the model's catalogue")
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = ITEM_EMBEDDINGS.arrow_schema()
     with pq.ParquetWriter(out_dir / "part-00000.parquet", schema) as writer:
@@ -232,7 +243,9 @@ def export_items(model, seq_dir: Path, out_dir: Path, *, version: str, ds: str,
                 "model_version": pa.array([version] * n, pa.string()),
                 "ds": pa.array([ds] * n, pa.string()),
             }, schema=schema))
-    return {"items": int(len(idx)), "items_skipped": int((~known).sum())}
+    return {"items": int(len(idx)), "items_newer_than_model": int((idx >= model.cfg.n_items).sum()),
+            "items_sharing_unknown_id": int((model.items.item_row[torch.from_numpy(idx)]
+                                             == UNK_IDX).sum())}
 
 
 # ----------------------------------------------------------------------------------- run
@@ -240,8 +253,6 @@ def export_items(model, seq_dir: Path, out_dir: Path, *, version: str, ds: str,
 
 def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     """Compute embeddings/ds=<ds>/; returns the manifest written there."""
-    from mind_model.checkpoint import load_model
-
     layout, t0 = cfg.layout, time.time()
     stage = Stage(4, log)
     stage("checking inputs")
@@ -253,7 +264,7 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         raise InputError(f"{seq_dir / 'latest'} not found: run build_sequences for "
                          f"ds={cfg.ds} first")
     version = model_version(model_file)
-    model = load_model(model_file)  # fails here, before any executor work, if unreadable
+    model = load_for_catalogue(model_file, seq_dir)  # fails here, before executors, if unreadable
     spark = spark or start_spark("mind-embed-users", cfg.master, cfg.spark_conf)
     # Arrow batches arrive with at most batch_size rows (a runtime SQL setting)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
@@ -266,7 +277,8 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
                                        math.ceil(n_users / cfg.users_per_partition))
     log.info("ds=%s: %d users, model %s (%s), %d partition(s), batches of %d", cfg.ds, n_users,
              version, model_file, partitions, cfg.batch_size)
-    vectors = transform(latest, model_path=str(model_file), version=version, ds=cfg.ds,
+    vectors = transform(latest, model_path=str(model_file), seq_dir=str(seq_dir),
+                        version=version, ds=cfg.ds,
                         batch_size=cfg.batch_size, partitions=partitions)
 
     with staged_dir(layout.embeddings(cfg.ds)) as tmp:

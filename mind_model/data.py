@@ -30,6 +30,8 @@ class DatasetMeta:
     item_category: np.ndarray       # (n_items,) int64, category idx of each item (1 = unknown)
     item_brand: np.ndarray          # (n_items,) int64
     item_counts: np.ndarray         # (n_items,) int64, kept interactions (0 = not in today's data)
+    item_train_counts: np.ndarray   # (n_items,) int64, interactions of training users
+    item_own: np.ndarray            # (n_items,) bool: own id embedding (False: rare, shares UNK's)
     active_items: np.ndarray        # (M,) int64, the items of today's catalogue
     train_samples: int
     stats: dict[str, Any]
@@ -53,7 +55,7 @@ def load_meta(seq_dir: Path | str) -> DatasetMeta:
         raise FileNotFoundError(f"{stats_path} not found: is {seq_dir} a build_sequences output?")
     stats = json.loads(stats_path.read_text())
     sizes = stats["vocab_sizes"]
-    items = pq.read_table(seq_dir / "items", schema=ITEM_FEATURES.arrow_schema())
+    items = _read_items(seq_dir / "items")
     idx = items.column("item_idx").to_numpy().astype(np.int64)
     n_items = int(sizes["item"])
     cat = np.full(n_items, UNK_IDX, dtype=np.int64)
@@ -62,12 +64,34 @@ def load_meta(seq_dir: Path | str) -> DatasetMeta:
     cat[idx] = items.column("category_idx").to_numpy()
     brand[idx] = items.column("brand_idx").to_numpy()
     counts[idx] = items.column("interactions").to_numpy()
+    # items outside today's data keep their own rows: they are only ever negatives, and as
+    # such they must not push down the row that today's rare items share
+    own = np.ones(n_items, dtype=bool)
+    own[idx] = items.column("id_embedding").to_numpy(zero_copy_only=False)
+    train_counts = np.zeros(n_items, dtype=np.int64)
+    train_counts[idx] = items.column("train_interactions").to_numpy()
     return DatasetMeta(
         seq_dir=seq_dir, n_items=n_items, n_categories=int(sizes["category"]),
         n_brands=int(sizes["brand"]),
         profile_vocab={f: int(sizes[f]) for f in PROFILE_FIELDS if f in sizes},
-        item_category=cat, item_brand=brand, item_counts=counts, active_items=np.sort(idx),
+        item_category=cat, item_brand=brand, item_counts=counts, item_train_counts=train_counts,
+        item_own=own, active_items=np.sort(idx),
         train_samples=int(stats["train_samples"]), stats=stats)
+
+
+def _read_items(path: Path):
+    """The items table; one written before rare items were kept (no train_interactions,
+    id_embedding) reads as every item with its own id embedding and unknown train counts."""
+    import pyarrow as pa
+
+    names = set(pq.read_schema(next(iter(sorted(path.glob("*.parquet"))))).names)
+    missing = {"train_interactions", "id_embedding"} - names
+    t = pq.read_table(path, columns=[c for c in ITEM_FEATURES.names if c not in missing])
+    if "train_interactions" in missing:
+        t = t.append_column("train_interactions", t.column("interactions"))
+    if "id_embedding" in missing:
+        t = t.append_column("id_embedding", pa.array(np.ones(t.num_rows, dtype=bool)))
+    return t.select(ITEM_FEATURES.names).cast(ITEM_FEATURES.arrow_schema())
 
 
 def _read(seq_dir: Path, split: str, table) -> dict[str, np.ndarray]:

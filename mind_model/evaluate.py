@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from mind_model.data import DatasetMeta, read_eval
-from mind_model.inference import model_inputs
+from mind_model.inference import fit_catalogue, model_inputs
 from mind_model.metrics import COMIREC_NS, HR_NS, hits_at, recall_hr_at, topn_multi_interest
 from schemas import FIRST_IDX, PROFILE_COLUMNS
 
@@ -95,7 +95,7 @@ class ModelRecommender:
         self.chunk_size = chunk_size
         model.eval()
         with torch.no_grad():
-            emb = model.all_item_embeddings().to(self.device)  # (n_items, D)
+            emb = model.all_item_embeddings().to(self.device)  # (n_catalogue, D)
         cands = torch.from_numpy(candidate_ids(candidates, emb.shape[0])).to(self.device)  # (M,)
         # topn_multi_interest never returns rows 0 and 1, so two zero rows in front keep
         # local id j <-> item cands[j - 2]; local 0 (padding when n > M) maps back to 0.
@@ -108,7 +108,7 @@ class ModelRecommender:
         """(V (B, K, D), mask (B, K)) of the users in `batch`, in eval mode."""
         self.model.eval()
         # ids newer than the model's vocabulary (data of a later day) are unknown to it
-        hist, profile = model_inputs(self.model.cfg, _tensor(batch["hist"]),
+        hist, profile = model_inputs(self.model, _tensor(batch["hist"]),
                                      {k: _tensor(batch[k]) for k in PROFILE_COLUMNS if k in batch})
         if profile is not None:
             profile = {k: v.to(self.device) for k, v in profile.items()}
@@ -235,6 +235,7 @@ class HeldOutSample:
                 if max_users is not None and n > max_users else np.arange(n))
         self.samples = {k: np.asarray(data[k])[pick] for k in (*BATCH_KEYS, "target")
                         if k in data}
+        self.meta = meta
         self.candidates = meta.active_items
         self.split, self.n_users, self.device = split, len(pick), device
         self.batch_users = batch_users
@@ -246,6 +247,8 @@ class HeldOutSample:
             return {}
         was_training = model.training
         try:
+            # a model older than the data scores today's new items by their side features
+            fit_catalogue(model, self.meta.item_category, self.meta.item_brand)
             rec = ModelRecommender(model, self.candidates, device=self.device)
             out = evaluate(rec, self.samples, ns=ns, batch_size=self.batch_users)
         finally:

@@ -19,7 +19,10 @@ Public API
     `batch["target"]`, for training with `loss.SampledSoftmaxLoss`. `batch` holds
     "hist", "hist_len", "target" and "<field>_idx" for each profile field.
   - `set_item_side(category_idx, brand_idx, item_idx=None)`: item -> side ids
-    from the item_features table (saved in the state dict).
+    from the item_features table (saved in the state dict); `set_id_rows(own)`: which
+    items have their own id embedding (the others share the unknown id's);
+    `extend_catalogue(category_idx, brand_idx)`: score items newer than the model
+    through their side features.
 - Building blocks: `ItemEmbedding`, `B2IRouting`, `LabelAwareAttention`,
   `ProfileEmbedding`, `UserTower`, `squash`, `n_active_interests`.
 
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mind_model.config import ModelConfig
-from schemas import PAD_IDX
+from schemas import PAD_IDX, UNK_IDX
 
 
 def squash(z: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
@@ -73,6 +76,12 @@ class ItemEmbedding(nn.Module):
     Side ids are looked up from non-trainable buffers (item -> category_idx,
     item -> brand_idx) so behaviour items and labels are embedded by the same
     function from item ids alone. Padding (0) embeds to the zero vector.
+
+    The id embedding is looked up through a third buffer, item -> row of the id table
+    (`item_row`): an item's own row, or the unknown id's row (1) for items that are
+    too rare to learn an embedding of their own (`set_id_rows`) and for items newer
+    than the model (`extend_catalogue`). Such items share that row and are told apart
+    by their side features, so every item of the catalogue can be scored.
     """
 
     def __init__(self, n_items: int, dim: int, n_categories: int = 0, n_brands: int = 0,
@@ -80,8 +89,9 @@ class ItemEmbedding(nn.Module):
         super().__init__()
         if n_items < 2:
             raise ValueError("n_items counts padding and unknown, so it must be >= 2")
-        self.n_items = n_items
+        self.n_items = n_items  # rows of the id table (the catalogue may grow beyond them)
         self.item = nn.Embedding(n_items, dim, padding_idx=PAD_IDX)
+        self.register_buffer("item_row", torch.arange(n_items))  # (n_catalogue,) persistent
         self.sides = nn.ModuleDict()
         for name, size in (("category", n_categories), ("brand", n_brands)):
             if size > 0:
@@ -117,8 +127,56 @@ class ItemEmbedding(nn.Module):
                 raise ValueError(f"{name}_idx out of range of its vocabulary")
             buf[PAD_IDX] = PAD_IDX  # padding stays the zero vector
 
+    @property
+    def n_catalogue(self) -> int:
+        """Item ids this embedding can look up (>= n_items after `extend_catalogue`)."""
+        return self.item_row.numel()
+
+    @torch.no_grad()
+    def set_id_rows(self, own: Tensor) -> None:
+        """own: (n_catalogue,) bool, True for items with their own id embedding; the others
+        use the unknown id's row. Padding keeps row 0 (the zero vector)."""
+        own = torch.as_tensor(own, dtype=torch.bool, device=self.item_row.device)
+        if own.shape != self.item_row.shape:
+            raise ValueError(f"own must have length n_catalogue={self.n_catalogue}")
+        ids = torch.arange(self.n_catalogue, device=own.device)
+        rows = torch.where(own & (ids < self.n_items), ids, torch.full_like(ids, UNK_IDX))
+        rows[PAD_IDX] = PAD_IDX
+        self.item_row.copy_(rows)
+
+    @torch.no_grad()
+    def extend_catalogue(self, category_idx: Tensor | None, brand_idx: Tensor | None) -> int:
+        """Grow the catalogue to len(category_idx or brand_idx) item ids (e.g. today's
+        vocabulary, when the model was trained on an older one). Known ids keep their rows
+        and side ids; new ids use the unknown id's row and their side ids from the given
+        maps (indexed by item id; ids outside a side vocabulary count as unknown).
+        Returns the number of ids added."""
+        given = [t for t in (category_idx, brand_idx) if t is not None]
+        size = len(given[0]) if given else self.n_catalogue
+        old = self.n_catalogue
+        if size <= old:
+            return 0
+        dev = self.item_row.device
+        self.item_row = torch.cat([self.item_row, torch.full((size - old,), UNK_IDX,
+                                                             dtype=torch.long, device=dev)])
+        for name, ids in (("category", category_idx), ("brand", brand_idx)):
+            if name not in self.sides:
+                continue
+            new = torch.full((size - old,), UNK_IDX, dtype=torch.long, device=dev)
+            if ids is not None:
+                new = torch.as_tensor(ids, dtype=torch.long, device=dev)[old:size]
+                vocab = self.sides[name].num_embeddings
+                new = new.masked_fill((new < 0) | (new >= vocab), UNK_IDX)
+            setattr(self, f"item_{name}", torch.cat([getattr(self, f"item_{name}"), new]))
+        return size - old
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before rare items shared the unknown row: every item its own
+        state_dict.setdefault(prefix + "item_row", torch.arange(self.n_items))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, idx: Tensor) -> Tensor:
-        e = self.item(idx)  # (..., D)
+        e = self.item(self.item_row[idx])  # (..., D)
         for name, emb in self.sides.items():
             e = e + emb(getattr(self, f"item_{name}")[idx])
         return e / (1 + len(self.sides))
@@ -302,14 +360,26 @@ class MIND(nn.Module):
                       item_idx: Tensor | None = None) -> None:
         self.items.set_item_side(category_idx, brand_idx, item_idx)
 
+    @property
+    def n_catalogue(self) -> int:
+        """Item ids the model can score: its vocabulary, or more after `extend_catalogue`."""
+        return self.items.n_catalogue
+
+    def set_id_rows(self, own: Tensor) -> None:
+        self.items.set_id_rows(own)
+
+    def extend_catalogue(self, category_idx: Tensor | None, brand_idx: Tensor | None) -> int:
+        return self.items.extend_catalogue(category_idx, brand_idx)
+
     def item_embeddings(self, idx: Tensor) -> Tensor:
         return self.items(idx)  # (..., D)
 
     def all_item_embeddings(self, chunk: int = 1 << 18) -> Tensor:
-        """(n_items, D), row i = item i (0 = padding = zero). Chunked to bound temporaries."""
-        dev = self.items.item.weight.device
-        return torch.cat([self.items(torch.arange(s, min(s + chunk, self.cfg.n_items), device=dev))
-                          for s in range(0, self.cfg.n_items, chunk)])
+        """(n_catalogue, D), row i = item i (0 = padding = zero). Chunked to bound
+        temporaries."""
+        dev, n = self.items.item.weight.device, self.n_catalogue
+        return torch.cat([self.items(torch.arange(s, min(s + chunk, n), device=dev))
+                          for s in range(0, n, chunk)])
 
     def interest_capsules(self, hist: Tensor, hist_len: Tensor,
                           init_logits: Tensor | None = None) -> RoutingOutput:

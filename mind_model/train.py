@@ -92,12 +92,13 @@ class TrainConfig(ModelSettings):
     variant: str = "mind"  # "mind" (routing, K interests), "mind1" (K=1), "youtube" (mean pooling)
     side_features: bool = True  # average category/brand into item embeddings (if the data has them)
     profile_features: bool = True  # concatenate user profile embeddings (when the data has them)
+    shared_rare_ids: bool = True  # rare items (id_embedding false) share the unknown id's row
     # --- optimisation
     batch_size: int = 256  # per process; the global batch is batch_size * world_size
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0  # Adam's L2 term (0 = off)
     routing_lr_scale: float = 0.1  # S (the shared bilinear map) learns at lr * this; 1 = same lr
-    epochs: int = 10
+    epochs: int = 30  # at most; training stops earlier when valid HR@50 stops improving
     steps_per_epoch: int | None = None  # None = train_samples // global batch; same on all ranks
     max_steps: int | None = None  # stop (and write last.pt) after this many global steps
     seed: int = 0  # model init uses seed on every rank; sampling noise uses seed + rank
@@ -105,7 +106,7 @@ class TrainConfig(ModelSettings):
     eval_every_epoch: bool = True  # valid HR@{10,50,100} after each epoch (rank 0)
     eval_split: str = "valid"
     eval_users: int = 10000  # at most this many users, a fixed seeded sample
-    patience: int | None = None  # stop after this many epochs without a better valid HR@50
+    patience: int | None = 3  # stop after this many epochs without a better valid HR@50
     test_at_end: bool = True  # HR of best.pt on (a sample of) the test split, into metrics.json
     # --- state
     warm_start_from: str | None = None  # previous day's checkpoint; ignored when resuming
@@ -263,6 +264,8 @@ class Run:
         self.model = MIND(self.mcfg)
         self.model.set_item_side(torch.from_numpy(self.meta.item_category),
                                  torch.from_numpy(self.meta.item_brand))
+        if cfg.shared_rare_ids:
+            self.model.set_id_rows(torch.from_numpy(self.meta.item_own))
         loss = SampledSoftmaxLoss(self.mcfg.n_items, self.mcfg.n_neg, self.mcfg.sampler,
                                   counts=torch.from_numpy(self.meta.item_counts),
                                   logit_scale=self.mcfg.logit_scale)

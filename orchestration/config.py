@@ -17,7 +17,9 @@ Settings, as `setting (environment variable; default): meaning`:
 - min_user_count (MIND_MIN_USER_COUNT; 5): rare-user filter
 - min_row_groups (MIND_MIN_ROW_GROUPS; 16): >= the largest training process count
 - train_nproc (MIND_TRAIN_NPROC; 2): torchrun --nproc_per_node
-- train_epochs (MIND_TRAIN_EPOCHS; 10): epochs per daily retrain
+- train_epochs (MIND_TRAIN_EPOCHS; 30): most epochs per daily retrain
+- train_patience (MIND_TRAIN_PATIENCE; 3): stop after this many epochs without a better
+  valid HR@50 (the best epoch is kept)
 - train_args (MIND_TRAIN_ARGS; none): extra `mind_model.train` flags, e.g.
   `--batch-size 512 --n-neg 256`
 - gate_metric (MIND_GATE_METRIC; hr@50): test metric compared by the publish gate
@@ -65,7 +67,8 @@ class PipelineConfig:
     min_user_count: int = 5
     min_row_groups: int = 16
     train_nproc: int = 2
-    train_epochs: int = 10
+    train_epochs: int = 30
+    train_patience: int = 3
     train_args: tuple[str, ...] = ()
     gate_metric: str = "hr@50"
     gate_margin: float = 0.01
@@ -147,6 +150,7 @@ def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
         min_row_groups=get("MIND_MIN_ROW_GROUPS", int, d.min_row_groups),
         train_nproc=get("MIND_TRAIN_NPROC", int, d.train_nproc),
         train_epochs=get("MIND_TRAIN_EPOCHS", int, d.train_epochs),
+        train_patience=get("MIND_TRAIN_PATIENCE", int, d.train_patience),
         train_args=get("MIND_TRAIN_ARGS", lambda s: tuple(shlex.split(s)), ()),
         gate_metric=get("MIND_GATE_METRIC", str, d.gate_metric),
         gate_margin=get("MIND_GATE_MARGIN", float, d.gate_margin),

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from experiments.breakdown import markdown as breakdown_markdown
 from experiments.compare import METHOD_NAMES
 from mind_model.metrics import HR_NS
 from orchestration.airflow_local import DAG_TASKS
@@ -157,6 +158,11 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
             L.append(f"| {names[m]} | {r['hr@10']:.4f} | {r['hr@50']:.4f}"
                      f"{'' if se is None else f' ± {se:.3f}'} | {r['hr@100']:.4f} "
                      f"| {'' if rel is None else f'{rel:+.1%}'} |")
+    for key, what in (("k_active", "By number of interests K'_u (history length)"),
+                      ("target", "By target item (rare or new vs frequent)")):
+        table = cmp.get("breakdown", {}).get(key)
+        if table:
+            L += ["", breakdown_markdown(table, names, what, names["youtube"]).rstrip()]
     L += ["", f"Publish gate of the daily model: {gate['reason']} "
               f"(daily model test HR@50 {gate['new']['hr@50']:.4f}).", "",
           "## Index", "",

@@ -116,7 +116,8 @@ def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
                                 f"ds={ds} first")
     base = baseline_version(cfg.data_root, ds)
     warm = str(cfg.data_root / base["model"]) if base else None
-    flags = ["--epochs", str(cfg.train_epochs), *cfg.train_args]
+    flags = ["--epochs", str(cfg.train_epochs), "--patience", str(cfg.train_patience),
+             *cfg.train_args]
     key = json.dumps({"data": _data_fingerprint(seq_dir), "flags": flags,
                       "nproc": cfg.train_nproc,
                       "warm_start": base and base["model_version"]}, sort_keys=True)

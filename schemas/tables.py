@@ -166,8 +166,13 @@ ITEM_FEATURES = Table(
         Column("category_idx", "int32", nullable=False, doc="latest category seen (1 = unknown)"),
         Column("brand_idx", "int32", nullable=False, doc="latest brand seen (1 = unknown)"),
         Column("interactions", "int64", nullable=False, doc="kept events in the window"),
+        Column("train_interactions", "int64", nullable=False,
+               doc="kept events of training users in the window"),
+        Column("id_embedding", "bool", nullable=False,
+               doc="gets its own id embedding: train_interactions >= min_item_count; else it "
+                   "shares the unknown id's and its side features tell it apart"),
     ),
-    doc="Every item kept by the filters, with its side ids.",
+    doc="Every item of the window (rare ones included), with its side ids.",
 )
 
 USERS = Table(

@@ -105,3 +105,30 @@ def test_cli_writes_summary(tmp_path, capsys):
             and vs["methods"]["mind"]["mean_diff"] == pytest.approx(0.05 / 3))
     assert main([str(tmp_path / "nope")]) == 2
     assert "no compare.json" in capsys.readouterr().err
+
+
+def _with_k_groups(run: dict, by_group: dict[str, dict[str, float]]) -> dict:
+    """The run with compare's K'_u breakdown: {group: {method: HR@50}}, 10 users each."""
+    run = json.loads(json.dumps(run))
+    run["breakdown"] = {"k_active": {g: {"users": 10, "methods": {m: {"hr@50": v}
+                                                                    for m, v in hr.items()}}
+                                     for g, hr in by_group.items()}}
+    return run
+
+
+def test_breakdown_by_group_across_runs_by_hand():
+    runs = [_with_k_groups(RUNS[0], {"1": {"youtube": 0.2, "mind": 0.2},
+                                     "4+": {"youtube": 0.3, "mind": 0.5}}),
+            _with_k_groups(RUNS[1], {"1": {"youtube": 0.4, "mind": 0.3},
+                                     "4+": {"youtube": 0.2, "mind": 0.3}})]
+    s = aggregate(runs)
+    k = s["breakdown"]["k_active"]
+    assert list(k) == ["1", "4+"] and k["4+"]["users"] == 20
+    big = k["4+"]["methods"]["mind"]  # differences .2 and .1: mean .15, SE .05
+    assert big["mean_hr@50"] == pytest.approx(0.4)
+    assert big["mean_diff"] == pytest.approx(0.15) and big["diff_se"] == pytest.approx(0.05)
+    assert k["1"]["methods"]["mind"]["mean_diff"] == pytest.approx(-0.05)
+    assert "mind1" not in k["1"]["methods"]  # no breakdown of it in these runs
+    md = markdown(s)
+    assert "By K'_u" in md
+    assert "| MIND-K | 0.2500 (-0.0500 ± 0.0500) | 0.4000 (+0.1500 ± 0.0500) |" in md

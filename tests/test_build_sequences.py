@@ -50,8 +50,10 @@ def ev(user, item, day, sec, behavior="click", cat="c1", brand="b1") -> dict:
                 behavior=behavior, event_time=ts(day, sec) if sec is not None else None)
 
 
-def make_logs(root: Path, n_users: int = 60, seed: int = 1) -> dict[str, int]:
-    """Two days of logs with known bad rows; returns the expected counts."""
+def make_logs(root: Path, n_users: int = 60, seed: int = 1,
+              drop_items: bool = False) -> dict[str, int]:
+    """Two days of logs with known bad rows; returns the expected counts (rare items kept,
+    or dropped by the paper's filter with `drop_items`)."""
     rng = random.Random(seed)
     by_day = {D1: [], D2: []}
     sec = 0
@@ -61,7 +63,8 @@ def make_logs(root: Path, n_users: int = 60, seed: int = 1) -> dict[str, int]:
             sec += 1
             by_day[day].append(ev(f"u{u:03d}", f"i{rng.randint(0, 14):02d}", day, sec,
                                   behavior=rng.choice(["click", "cart", " Click ", "buy"])))
-    # Rare items: one event each -> removed by min_item_count=2.
+    # Rare items: one event each -> kept (sharing the unknown id's embedding), or removed
+    # by min_item_count=2 with rare_items="drop".
     by_day[D2] += [ev("u000", "rare1", D2, 80_001), ev("u001", "rare2", D2, 80_002)]
     # Users with a single event on common items -> removed by min_user_count=2.
     by_day[D2] += [ev("lonely1", "i00", D2, 80_003), ev("lonely2", "i01", D2, 80_004)]
@@ -82,7 +85,8 @@ def make_logs(root: Path, n_users: int = 60, seed: int = 1) -> dict[str, int]:
         write_events(root, day, rows)
     n_input = sum(len(r) for r in by_day.values())
     return {"input": n_input, "quarantined": len(bad), "duplicates": len(dups),
-            "filtered": 4, "kept": n_input - len(bad) - len(dups) - 4}
+            "filtered": 4 if drop_items else 2,
+            "kept": n_input - len(bad) - len(dups) - (4 if drop_items else 2)}
 
 
 def read(path: Path) -> list[dict]:
@@ -104,7 +108,7 @@ def built(spark, tmp_path_factory):
     return root, expected, stats
 
 
-def reference_sequences(root: Path) -> dict[str, list[str]]:
+def reference_sequences(root: Path, drop_items: bool = False) -> dict[str, list[str]]:
     """Per user, raw item ids of the events the job should keep, in time order."""
     rows = []
     for day in (D1, D2):
@@ -120,7 +124,7 @@ def reference_sequences(root: Path) -> dict[str, list[str]]:
                          r["event_time"]))
     rows = sorted(set(rows), key=lambda r: r[5])
     items = Counter(r[1] for r in rows)
-    rows = [r for r in rows if items[r[1]] >= 2]
+    rows = [r for r in rows if items[r[1]] >= 2 or not drop_items]
     users = Counter(r[0] for r in rows)
     seqs = defaultdict(list)
     for r in rows:
@@ -210,9 +214,33 @@ def test_vocabulary_reserved_and_dense(built):
         idx = sorted(r["idx"] for r in read(out / "vocab" / name))
         assert idx == list(range(2, 2 + len(idx))), name  # 0 = padding, 1 = unknown
     items = {r["item_id"]: r for r in read(out / "items")}
-    assert "rare1" not in items and len(items) == 15
-    ref_counts = Counter(i for s in reference_sequences(root).values() for i in s)
+    assert {"rare1", "rare2"} <= set(items) and len(items) == 17  # rare items stay
+    ref = reference_sequences(root)
+    ref_counts = Counter(i for s in ref.values() for i in s)
     assert {k: v["interactions"] for k, v in items.items()} == dict(ref_counts)
+    # own id embedding <=> at least min_item_count (2) events of training users
+    split = {r["user_id"]: r["split"] for r in read(out / "users")}
+    train_counts = Counter(i for u, s in ref.items() if split[u] == "train" for i in s)
+    assert {k: v["train_interactions"] for k, v in items.items()} == \
+        {k: train_counts.get(k, 0) for k in items}
+    assert {k for k, v in items.items() if v["id_embedding"]} == \
+        {k for k in items if train_counts.get(k, 0) >= 2}
+    assert not items["rare1"]["id_embedding"] and items["i00"]["id_embedding"]
+
+
+def test_rare_items_dropped_with_the_papers_filter(spark, tmp_path):
+    expected = make_logs(tmp_path, drop_items=True)
+    stats = run(config(tmp_path, rare_items="drop"), spark)
+    assert stats["counts"] == expected
+    out = tmp_path / "sequences" / f"ds={D2}"
+    items = {r["item_id"] for r in read(out / "items")}
+    assert "rare1" not in items and len(items) == 15
+    item_idx = {r["value"]: r["idx"] for r in read(out / "vocab" / "item")}
+    ref = reference_sequences(tmp_path, drop_items=True)
+    latest = {r["user_id"]: r for r in read(out / "latest")}
+    assert set(latest) == set(ref)
+    for u, seq in ref.items():
+        assert latest[u]["hist"][:latest[u]["hist_len"]] == [item_idx[i] for i in seq][-L:]
 
 
 def test_vocabulary_stable_across_days_and_rerun_identical(spark, built, tmp_path):

@@ -54,7 +54,7 @@ def test_compare_end_to_end(data, tmp_path):
     seq_dir, truth = data
     res = compare(seq_dir, tmp_path / "cmp", epochs=2, max_steps=30, seed=1, overrides=TINY,
                   variant_overrides={"mind": {"n_interests": 3}}, truth_dir=truth,
-                  heatmap_users=2)
+                  heatmap_users=2, baseline_grids={"itemcf": {"window": (1, 3)}})
     out = tmp_path / "cmp"
     for name in ("compare.json", "compare.md", "coupling_heatmap.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -91,6 +91,28 @@ def test_compare_end_to_end(data, tmp_path):
     for key, row in methods.items():  # paired difference: same users, so the HRs subtract
         assert row["diff_hr@50"] == pytest.approx(row["hr@50"] - ref, abs=1e-6)
     assert methods["youtube"]["diff_hr@50_se"] == 0.0
+
+    # item-CF was tuned on the VALID users: the chosen window is the grid's best there
+    tuning = methods["itemcf"]["tuning"]
+    assert [t["params"] for t in tuning] == [{"window": 1}, {"window": 3}]
+    best = max(tuning, key=lambda t: t["hr@50"])
+    assert methods["itemcf"]["params"] == best["params"]
+    from experiments.baseline_grid import tune
+    from mind_model.data import load_meta, read_eval, read_train
+    meta = load_meta(seq_dir)
+    again, _ = tune("itemcf", read_train(seq_dir), read_eval(seq_dir, "valid"), meta.n_items,
+                    meta.active_items, {"window": (1, 3)})
+    assert again == best["params"]
+    assert "als" not in methods or "tuning" not in methods["als"]  # no grid given for ALS
+    # the breakdowns cover every held-out user once, for every method
+    for key in ("k_active", "target"):
+        groups = js["breakdown"][key]
+        assert sum(g["users"] for g in groups.values()) == methods["youtube"]["users"]
+        assert all(set(g["methods"]) == set(methods) for g in groups.values())
+        for m, row in methods.items():  # the groups' HRs, weighted by users, are the HR
+            weighted = sum(g["users"] * g["methods"][m]["hr@50"] for g in groups.values())
+            assert weighted / row["users"] == pytest.approx(row["hr@50"])
+    assert "By the user's number of interests" in res["markdown"]
 
     rep = js["interests"]
     assert 0 < rep["k_active_mean"] <= 3

@@ -122,6 +122,54 @@ def test_item_embedding_is_mean_of_id_and_side_embeddings():
         emb.set_item_side(torch.full((10,), 7), None)  # category 7 outside the vocabulary
 
 
+def test_rare_items_share_the_unknown_row_and_differ_by_side_features():
+    emb = ItemEmbedding(n_items=8, dim=4, n_categories=5, n_brands=4)
+    cat = torch.tensor([0, 1, 2, 3, 4, 2, 3, 1])
+    brand = torch.tensor([0, 1, 1, 2, 3, 3, 2, 2])
+    emb.set_item_side(cat, brand)
+    own = torch.tensor([False, False, True, True, False, True, False, True])  # 4 and 6: rare
+    emb.set_id_rows(own)
+    assert emb.item_row.tolist() == [0, 1, 2, 3, 1, 5, 1, 7]  # padding keeps row 0
+    E, C, Bd = emb.item.weight, emb.sides["category"].weight, emb.sides["brand"].weight
+    idx = torch.tensor([4, 6, 5])
+    want = torch.stack([(E[1] + C[4] + Bd[3]) / 3, (E[1] + C[3] + Bd[2]) / 3,
+                        (E[5] + C[2] + Bd[3]) / 3])
+    torch.testing.assert_close(emb(idx), want)
+    assert not torch.allclose(emb(torch.tensor([4])), emb(torch.tensor([6])))
+    # a rare item's gradient reaches the shared row and its side rows, never its own row
+    emb(torch.tensor([4])).sum().backward()
+    assert E.grad[1].abs().sum() > 0 and E.grad[4].abs().sum() == 0
+    assert "item_row" in emb.state_dict()  # the choice travels with the checkpoint
+    with pytest.raises(ValueError):
+        emb.set_id_rows(torch.ones(3, dtype=torch.bool))
+
+
+def test_extend_catalogue_scores_new_items_by_side_features():
+    emb = ItemEmbedding(n_items=5, dim=4, n_categories=4, n_brands=3)
+    emb.set_item_side(torch.tensor([0, 1, 2, 3, 2]), torch.tensor([0, 1, 2, 1, 2]))
+    before = emb(torch.arange(5)).detach().clone()
+    # today's vocabulary: 8 items; 5..7 are new, 7's category (9) is newer than the model
+    cat = torch.tensor([0, 3, 3, 3, 3, 1, 2, 9])
+    brand = torch.tensor([0, 2, 2, 2, 2, 2, 1, 1])
+    assert emb.extend_catalogue(cat, brand) == 3 and emb.n_catalogue == 8
+    torch.testing.assert_close(emb(torch.arange(5)), before)  # known items unchanged
+    E, C, Bd = emb.item.weight, emb.sides["category"].weight, emb.sides["brand"].weight
+    want = torch.stack([(E[1] + C[1] + Bd[2]) / 3, (E[1] + C[2] + Bd[1]) / 3,
+                        (E[1] + C[1] + Bd[1]) / 3])  # 7: category 9 -> unknown (1)
+    torch.testing.assert_close(emb(torch.tensor([5, 6, 7])), want)
+    assert emb.extend_catalogue(cat, brand) == 0  # idempotent
+
+
+def test_checkpoint_from_before_shared_rare_rows_loads_with_own_rows():
+    model = MIND(tiny_cfg())
+    state = model.state_dict()
+    del state["items.item_row"]
+    fresh = MIND(tiny_cfg())
+    fresh.set_id_rows(torch.zeros(30, dtype=torch.bool))
+    fresh.load_state_dict(state)
+    assert fresh.items.item_row.tolist() == list(range(30))
+
+
 def test_item_embedding_without_side_features():
     emb = ItemEmbedding(n_items=10, dim=4)
     idx = torch.tensor([2, 5])

@@ -130,18 +130,85 @@ def test_item_embeddings_are_the_active_catalogue(served):
     np.testing.assert_allclose(items.vectors, ref, rtol=1e-6, atol=1e-7)
 
 
-def _probe(batches, model_path):
+def _probe(batches, model_path, seq_dir):
     for pdf in batches:
-        model = embed_users.cached_model(model_path)
+        model = embed_users.cached_model(model_path, seq_dir)
         pid, loads = embed_users.model_loads()
         yield pd.DataFrame({"pid": [pid] * len(pdf), "loads": [loads] * len(pdf),
                             "model": [id(model)] * len(pdf)})
 
 
+def test_items_newer_than_the_model_are_embedded_by_side_features(served, spark, tmp_path):
+    """A model trained on DS serves the next day's data: the two items launched that day
+    reach the index (by their side features), and users who saw them get vectors."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from mind_model.checkpoint import load_model
+    from mind_model.inference import fit_catalogue, interest_vectors
+    from schemas import RAW_EVENTS
+
+    s, ds2 = served, "2026-11-29"
+    root2 = tmp_path / "data"
+    copy_inputs(s.root, root2)
+    raw = pq.read_table(s.root / "raw" / "events").to_pylist()
+    cat, brand = raw[0]["category_id"], raw[0]["brand_id"]
+    users = sorted({r["user_id"] for r in raw})[:6]
+    t0 = dt.datetime(2026, 11, 29, 8, tzinfo=dt.timezone.utc)
+    rows = []
+    for k, u in enumerate(users):  # each user: two known items, then the new ones
+        for j, (item, c) in enumerate([(raw[k]["item_id"], raw[k]["category_id"]),
+                                       (raw[k + 1]["item_id"], raw[k + 1]["category_id"]),
+                                       ("new-1", cat), ("new-2", "a-new-category")]):
+            rows.append(dict(user_id=u, item_id=item, category_id=c, brand_id=brand,
+                             behavior="click", event_time=t0 + dt.timedelta(minutes=10 * k + j)))
+    part = root2 / "raw" / "events" / f"ds={ds2}"
+    part.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=RAW_EVENTS.arrow_schema(
+        include_partition=False)), part / "part-0.parquet")
+    build_sequences(PrepConfig(data_root=root2, ds=ds2, lookback_days=1, min_user_count=2,
+                               min_row_groups=1), spark)
+    layout2 = DataLayout(root2)
+    model_path = layout2.model_file(DS)
+    m = embed(EmbedConfig(data_root=root2, ds=ds2, model_path=model_path, batch_size=4,
+                          partitions=2), spark)
+    assert m["items_newer_than_model"] == 2
+
+    meta2 = load_meta(layout2.sequences(ds2))
+    new_idx = np.flatnonzero(np.arange(meta2.n_items) >= s.model.cfg.n_items)
+    assert len(new_idx) == 2
+    items = read_item_embeddings(layout2.item_embeddings(ds2))
+    np.testing.assert_array_equal(items.item_idx, meta2.active_items)  # nothing left out
+    model = s.model
+    E, C = model.items.item.weight, model.items.sides["category"].weight
+    B = model.items.sides["brand"].weight
+    for i in new_idx:  # the unknown id's row, and the item's own (or unknown) side ids
+        c = meta2.item_category[i] if meta2.item_category[i] < C.shape[0] else 1
+        want = ((E[1] + C[c] + B[meta2.item_brand[i]]) / 3).detach().numpy()
+        got = items.vectors[list(items.item_idx).index(i)]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert {meta2.item_category[i] < C.shape[0] for i in new_idx} == {True, False}
+
+    # user vectors: histories holding new items are read through the extended catalogue
+    ref_model = load_model(model_path)
+    fit_catalogue(ref_model, meta2.item_category, meta2.item_brand)
+    latest = read_latest(layout2.sequences(ds2))
+    ref, _ = interest_vectors(ref_model, latest["hist"], latest["hist_len"],
+                              {c: latest[c] for c in PROFILE_COLUMNS})
+    uv = read_user_vectors(layout2.user_vectors(ds2))
+    pos = {u: i for i, u in enumerate(latest["user_id"])}
+    for u, vec in zip(uv.user_ids, uv.vectors):
+        np.testing.assert_allclose(vec, ref[pos[u]], rtol=1e-5, atol=1e-6)
+    idx = build_index(IndexConfig(data_root=root2, ds=ds2, n_shards=1, recall_users=6))
+    assert idx["items"] == len(meta2.active_items)
+
+
 def test_model_is_loaded_once_per_python_worker(served, spark):
     path = str(served.layout.model_file(DS).resolve())
     rows = (spark.range(0, 16, numPartitions=8)
-            .mapInPandas(functools.partial(_probe, model_path=path),
+            .mapInPandas(functools.partial(_probe, model_path=path,
+                                           seq_dir=str(served.layout.sequences(DS))),
                          "pid long, loads long, model long").collect())
     by_pid: dict[int, set] = {}
     for r in rows:

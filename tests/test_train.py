@@ -356,6 +356,20 @@ def test_every_model_setting_of_a_run_reaches_the_model(seq_dir, tmp_path):
     assert {k: getattr(mcfg, k) for k in names} == changed
 
 
+@pytest.mark.spark
+def test_rare_items_share_the_unknown_row_in_training(seq_dir, tmp_path):
+    meta = load_meta(seq_dir)
+    rare = ~meta.item_own
+    assert rare[meta.active_items].any()  # the generated data has items below the threshold
+    kw = dict(max_steps=3, eval_every_epoch=False, test_at_end=False)
+    train(small_cfg(seq_dir, tmp_path / "shared", **kw))
+    rows = load_model(tmp_path / "shared" / "last.pt").items.item_row.numpy()
+    ids = np.arange(meta.n_items)
+    np.testing.assert_array_equal(rows[2:], np.where(meta.item_own, ids, 1)[2:])
+    train(small_cfg(seq_dir, tmp_path / "own", shared_rare_ids=False, **kw))
+    np.testing.assert_array_equal(load_model(tmp_path / "own" / "last.pt").items.item_row, ids)
+
+
 def test_routing_map_learns_at_its_own_rate(tmp_path):
     cfg = TrainConfig(data_dir=tmp_path, out_dir=tmp_path, lr=2e-3, routing_lr_scale=0.1)
     model = MIND(ModelConfig(n_items=20, embed_dim=8, n_interests=2, n_neg=4))
