@@ -6,6 +6,7 @@ processes through torch's `elastic_launch` (gloo on CPU, nccl on GPUs), and retu
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import Any
@@ -14,7 +15,13 @@ from mind_model.train import TrainConfig, train
 
 
 def _train_worker(cfg: TrainConfig) -> dict:
-    """Entry point of each elastic_launch process (module level, so spawn can import it)."""
+    """Entry point of each elastic_launch process (module level, so spawn can import it).
+    A spawned process starts without logging: rank 0 logs the epochs, as under torchrun."""
+    if not logging.getLogger().handlers:
+        rank = int(os.environ.get("RANK", "0"))
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                            format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: "
+                                   f"%(message)s")
     return train(cfg)
 
 

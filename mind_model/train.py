@@ -553,8 +553,37 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_settings(path: Path | str) -> dict[str, Any]:
+    """The chosen settings of a settings.json written by `experiments.tune`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no settings file (write one with experiments.tune)")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("chosen"), dict):
+        raise ValueError(f"{path}: not a settings file of experiments.tune (no 'chosen')")
+    unknown = set(data["chosen"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    return dict(data["chosen"])
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """TrainConfig fields from the command line; `--settings FILE` (experiments.tune's
+    settings.json) supplies defaults that explicit flags override."""
+    parser = _parser()
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="settings.json of experiments.tune: its chosen values, unless "
+                             "given as flags")
+    pre, _ = parser.parse_known_args(argv)
+    if pre.settings is not None:
+        parser.set_defaults(**load_settings(pre.settings))
+    args = vars(parser.parse_args(argv))
+    args.pop("settings")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = vars(_parser().parse_args(argv))
+    args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")

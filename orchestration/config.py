@@ -20,6 +20,8 @@ Settings, as `setting (environment variable; default): meaning`:
 - train_epochs (MIND_TRAIN_EPOCHS; 30): most epochs per daily retrain
 - train_patience (MIND_TRAIN_PATIENCE; 3): stop after this many epochs without a better
   valid HR@50 (the best epoch is kept)
+- train_settings (MIND_TRAIN_SETTINGS; none): a settings.json of `experiments.tune`: the
+  settings chosen on valid users (explicit train_args win)
 - train_args (MIND_TRAIN_ARGS; none): extra `mind_model.train` flags, e.g.
   `--batch-size 512 --n-neg 256`
 - gate_metric (MIND_GATE_METRIC; hr@50): test metric compared by the publish gate
@@ -69,6 +71,7 @@ class PipelineConfig:
     train_nproc: int = 2
     train_epochs: int = 30
     train_patience: int = 3
+    train_settings: Path | None = None
     train_args: tuple[str, ...] = ()
     gate_metric: str = "hr@50"
     gate_margin: float = 0.01
@@ -151,6 +154,7 @@ def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
         train_nproc=get("MIND_TRAIN_NPROC", int, d.train_nproc),
         train_epochs=get("MIND_TRAIN_EPOCHS", int, d.train_epochs),
         train_patience=get("MIND_TRAIN_PATIENCE", int, d.train_patience),
+        train_settings=get("MIND_TRAIN_SETTINGS", Path, None),
         train_args=get("MIND_TRAIN_ARGS", lambda s: tuple(shlex.split(s)), ()),
         gate_metric=get("MIND_GATE_METRIC", str, d.gate_metric),
         gate_margin=get("MIND_GATE_MARGIN", float, d.gate_margin),

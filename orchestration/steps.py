@@ -116,11 +116,17 @@ def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
                                 f"ds={ds} first")
     base = baseline_version(cfg.data_root, ds)
     warm = str(cfg.data_root / base["model"]) if base else None
-    flags = ["--epochs", str(cfg.train_epochs), "--patience", str(cfg.train_patience),
-             *cfg.train_args]
-    key = json.dumps({"data": _data_fingerprint(seq_dir), "flags": flags,
+    flags = ["--epochs", str(cfg.train_epochs), "--patience", str(cfg.train_patience)]
+    settings = None
+    if cfg.train_settings is not None:  # tuned on valid users: part of the run's identity
+        from mind_model.train import load_settings  # torch: only when a settings file is used
+
+        settings = load_settings(cfg.train_settings)
+        flags += ["--settings", str(Path(cfg.train_settings).absolute())]
+    flags += cfg.train_args
+    key = json.dumps({"data": _data_fingerprint(seq_dir), "flags": flags, "settings": settings,
                       "nproc": cfg.train_nproc,
-                      "warm_start": base and base["model_version"]}, sort_keys=True)
+                      "warm_start": base and base["model_version"]}, sort_keys=True, default=str)
     fp = hashlib.sha256(key.encode()).hexdigest()[:12]
     work = cfg.data_root / "training" / f"ds={ds}" / f"run-{fp}"
     return {"ds": ds, "seq_dir": str(seq_dir), "work_dir": str(work), "fingerprint": fp,

@@ -1,0 +1,80 @@
+"""tune: a coordinate-wise search on the valid users, the collapse rule, and the settings
+file read back by training and by the daily DAG's plan."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import build_generated_sequences
+
+DS = "2026-11-28"
+TINY = dict(embed_dim=8, tower_hidden=(16,), profile_dim=4, n_neg=64, batch_size=64, lr=3e-3,
+            threads=1, reader_workers=1, shuffle_buffer=1024, eval_users=200, log_every=10,
+            epochs=2, max_steps=20)
+
+
+@pytest.fixture(scope="module")
+def seq_dir(spark, tmp_path_factory) -> Path:
+    return build_generated_sequences(spark, tmp_path_factory.mktemp("tune_data"), ds=DS,
+                                     days=1, n_events=8_000, seed=5, min_row_groups=1)
+
+
+@pytest.mark.spark
+def test_tune_chooses_the_best_valid_run_and_rejects_collapsed_interests(seq_dir, tmp_path):
+    from experiments.tune import tune
+    from mind_model.train import load_settings, parse_args
+
+    grid = {"routing_sigma": [0.3], "n_interests": [2]}
+    res = tune(seq_dir, tmp_path, variant="mind", grid=grid, common=TINY, max_cosine=1.0)
+    trials = {json.dumps(t["params"], sort_keys=True): t for t in res["trials"]}
+    # defaults, sigma 0.3, then K=2 at the best sigma (K=4 there is a run already made)
+    assert len(trials) == 3
+    assert all(t["rejected"] is None and 0 <= t["valid_hr@50"] <= 1 for t in trials.values())
+    assert all(-1 <= t["interest_cosine"] <= 1 for t in trials.values())
+    # coordinate-wise: the chosen setting has the best valid HR@50 among the ones tried
+    best = max(trials.values(), key=lambda t: t["valid_hr@50"])
+    assert res["valid_hr@50"] == best["valid_hr@50"]
+    assert res["chosen"] == best["params"]
+    sigma_best = max((t for t in trials.values() if "n_interests" not in t["params"]),
+                     key=lambda t: t["valid_hr@50"])["params"]
+    assert {k: v for k, v in res["chosen"].items() if k != "n_interests"} == sigma_best
+    assert res["trials"][-1]["params"] == {**sigma_best, "n_interests": 2}
+
+    written = json.loads((tmp_path / "settings.json").read_text())
+    assert written["chosen"] == res["chosen"] and (tmp_path / "settings.md").is_file()
+    assert load_settings(tmp_path / "settings.json") == res["chosen"]
+    args = parse_args(["--data-dir", "d", "--out-dir", "o", "--settings",
+                       str(tmp_path / "settings.json"), "--lr", "0.01"])
+    for k, v in res["chosen"].items():
+        assert args[k] == v
+    assert args["lr"] == 0.01  # an explicit flag wins over the file
+
+    # the collapse rule: with a bound below every run's cosine all are rejected and the
+    # defaults are kept (the runs resume, nothing is trained again)
+    res = tune(seq_dir, tmp_path, variant="mind", grid=grid, common=TINY, max_cosine=-1.0)
+    assert all(t["rejected"] for t in res["trials"]) and res["chosen"] == {}
+    assert res["chosen_rejected"]
+
+
+def test_daily_plan_takes_the_settings_file(tmp_path):
+    from orchestration.config import PipelineConfig
+    from orchestration.steps import plan_training
+
+    seq = tmp_path / "sequences" / f"ds={DS}"
+    seq.mkdir(parents=True)
+    (seq / "stats.json").write_text(json.dumps({"ds": DS}))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"chosen": {"routing_sigma": 0.3}}))
+    plain = plan_training(PipelineConfig(data_root=tmp_path), DS)
+    tuned = plan_training(PipelineConfig(data_root=tmp_path, train_settings=settings), DS)
+    assert "--settings" not in plain["flags"]
+    assert tuned["flags"][tuned["flags"].index("--settings") + 1] == str(settings)
+    assert tuned["fingerprint"] != plain["fingerprint"]
+    settings.write_text(json.dumps({"chosen": {"routing_sigma": 0.5}}))  # new settings: new run
+    assert plan_training(PipelineConfig(data_root=tmp_path, train_settings=settings),
+                         DS)["fingerprint"] != tuned["fingerprint"]
+    settings.write_text(json.dumps({"nope": 1}))
+    with pytest.raises(ValueError, match="not a settings file"):
+        plan_training(PipelineConfig(data_root=tmp_path, train_settings=settings), DS)
