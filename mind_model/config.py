@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 POOLINGS = ("routing", "mean")
-SAMPLERS = ("log_uniform", "popularity")
+SAMPLERS = ("log_uniform", "popularity", "full")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ModelSettings:
     pow_p: float = math.inf  # inf = hard attention (paper's best), 0 = uniform
     # --- sampled softmax
     n_neg: int = 1024  # negatives per step, shared by the whole batch
-    sampler: str = "log_uniform"  # "log_uniform" (Zipf over popularity rank) or "popularity"
+    sampler: str = "log_uniform"  # "log_uniform" (Zipf over rank), "popularity" or "full"
     logit_scale: float = 1.0  # multiplies u.e before the softmax (1 / temperature)
 
     def __post_init__(self) -> None:

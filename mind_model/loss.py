@@ -16,6 +16,9 @@ Samplers, over the real items 2 .. n_items-1:
   sampled in closed form. The rank order is given by `counts` (most popular
   first); without counts, item ids are taken to be in popularity order already.
 - "popularity": P(i) proportional to counts[i] ** alpha (item_features.interactions).
+- "full": no sampling: every real item is a negative at every step (n_neg is ignored),
+  i.e. the exact softmax over the catalogue. Affordable for catalogues of up to some
+  10^5 items (a (B, N) logit matrix per step); the sampled estimate is what scales.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ class SampledSoftmaxLoss(nn.Module):
         """n_items counts ids 0 and 1; counts: (n_items,) interactions per item id."""
         super().__init__()
         n_real = n_items - FIRST_IDX
+        if sampler == "full":  # every real item is a negative, once: the exact softmax
+            n_neg = n_real
         if n_real < 1 or n_neg < 1:
             raise ValueError("need at least one real item and one negative")
         self.n_items, self.n_neg, self.sampler = n_items, n_neg, sampler
@@ -54,6 +59,8 @@ class SampledSoftmaxLoss(nn.Module):
             r = torch.arange(n_real, dtype=torch.float64)
             q[rank_to_id] = torch.log((r + 2) / (r + 1)) / math.log(n_real + 1)
             self.register_buffer("rank_to_id", rank_to_id, persistent=False)
+        elif sampler == "full":
+            q[FIRST_IDX:] = 1.0 / n_real  # log(n_neg * q) = 0: no correction
         elif sampler == "popularity":
             if counts is None:
                 raise ValueError("the popularity sampler needs counts")
@@ -73,6 +80,8 @@ class SampledSoftmaxLoss(nn.Module):
         """n (default n_neg) negative item ids, with replacement; (n,) long."""
         n = self.n_neg if n is None else n
         device = device or self.probs.device
+        if self.sampler == "full":
+            return torch.arange(FIRST_IDX, self.n_items, device=device)
         if self.sampler == "log_uniform":
             n_real = self.n_items - FIRST_IDX
             u = torch.rand(n, dtype=torch.float64, device=device)

@@ -492,7 +492,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     run = Run(cfg, d)
-    stopped = None
+    # a resumed run that had already stopped early is finished: a rerun changes nothing
+    stopped = "early_stop" if cfg.patience is not None and run.bad_epochs >= cfg.patience \
+        else None
     bar = _progress(run.total, run.start_step, cfg.progress and d.main)
     batches = train_batches(run.train_dir, rank=d.rank, world_size=d.world_size,
                             batch_size=cfg.batch_size, seed=run.seed, workers=cfg.reader_workers,

@@ -45,6 +45,15 @@ def test_whole_catalogue_as_negatives_is_exactly_the_full_softmax():
     torch.testing.assert_close(got, full_softmax_loss(user, target, table, logit_scale=2.0))
 
 
+def test_full_sampler_is_the_exact_softmax_without_sampling():
+    table, user, target = setup_case()
+    loss_fn = SampledSoftmaxLoss(N_ITEMS, 7, "full", logit_scale=2.0)  # n_neg is ignored
+    assert loss_fn.n_neg == N_ITEMS - 2
+    assert torch.equal(loss_fn.sample(), torch.arange(2, N_ITEMS))
+    got = loss_fn(user, target, lambda i: table[i])
+    torch.testing.assert_close(got, full_softmax_loss(user, target, table, logit_scale=2.0))
+
+
 def test_sampled_loss_with_catalogue_sized_uniform_sample_approximates_full_softmax():
     torch.manual_seed(0)
     table, user, target = setup_case(seed=1, B=64, scale=0.7)  # logits of std ~1

@@ -149,6 +149,22 @@ def test_killed_run_resumes(seq_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.spark
+def test_an_early_stopped_run_is_finished(seq_dir, tmp_path):
+    """With patience, training stops once valid HR@50 has not improved for that many
+    epochs and keeps the best epoch; rerunning the finished run trains nothing more."""
+    out = tmp_path / "run"
+    kw = dict(epochs=100, steps_per_epoch=3, patience=1, lr=1e-6, eval_users=300)
+    r1 = train(small_cfg(seq_dir, out, **kw))
+    hist = r1["history"]
+    assert r1["stopped"] == "early_stop" and len(hist) < 100
+    best = max(range(len(hist)), key=lambda i: (hist[i]["valid_hr@50"], -i))
+    assert r1["best_valid"]["epoch"] == best and len(hist) == best + 2  # one bad epoch
+    r2 = train(small_cfg(seq_dir, out, **kw))
+    assert r2["steps_run"] == 0 and r2["stopped"] == "early_stop"
+    assert r2["params_sha256"] == r1["params_sha256"]
+
+
+@pytest.mark.spark
 def test_resume_refuses_a_different_model(seq_dir, tmp_path):
     out = tmp_path / "run"
     train(small_cfg(seq_dir, out, max_steps=2, eval_every_epoch=False, test_at_end=False))
