@@ -109,7 +109,9 @@ def tune(seq_dir: Path | str, out_dir: Path | str, *, variant: str = "mind",
 
     seq_dir, out_dir = Path(seq_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid = dict(GRID if grid is None else grid)
+    # lists (from JSON) become tuples: values are compared and used as keys
+    grid = {k: [tuple(v) if isinstance(v, list) else v for v in vs]
+            for k, vs in (GRID if grid is None else grid).items()}
     common = dict(common or {})
     if variant == "youtube":
         grid = {k: v for k, v in grid.items() if k not in ROUTING_ONLY}
