@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--epochs", type=int, default=30,
                    help="at most; each model stops after --set patience=N (default 3) epochs "
-                        "without a better valid HR@50 and keeps its best epoch")
+                        "without a better valid HR@50, once --set min_samples=M (default 1M) "
+                        "training samples were seen, and keeps its best epoch")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nproc", type=int, default=1, help="training processes per variant")

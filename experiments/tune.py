@@ -146,8 +146,8 @@ def tune(seq_dir: Path | str, out_dir: Path | str, *, variant: str = "mind",
     result = {"variant": variant, "chosen": best, SELECT: chosen_trial[SELECT],
               "chosen_rejected": chosen_trial["rejected"],
               "trials": list(trials.values()), "grid": grid, "data": str(seq_dir),
-              "budget": {k: getattr(defaults, k) for k in ("epochs", "patience", "max_steps",
-                                                           "seed", "eval_users")},
+              "budget": {k: getattr(defaults, k) for k in (
+                  "epochs", "patience", "min_samples", "max_steps", "seed", "eval_users")},
               "common": common,
               "rule": f"best valid HR@50 among runs whose interests are not collapsed (mean "
                       f"pairwise cosine <= {max_cosine})"}

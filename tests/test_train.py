@@ -153,7 +153,7 @@ def test_an_early_stopped_run_is_finished(seq_dir, tmp_path):
     """With patience, training stops once valid HR@50 has not improved for that many
     epochs and keeps the best epoch; rerunning the finished run trains nothing more."""
     out = tmp_path / "run"
-    kw = dict(epochs=100, steps_per_epoch=3, patience=1, lr=1e-6, eval_users=300)
+    kw = dict(epochs=100, steps_per_epoch=3, patience=1, lr=1e-6, eval_users=300, min_samples=0)
     r1 = train(small_cfg(seq_dir, out, **kw))
     hist = r1["history"]
     assert r1["stopped"] == "early_stop" and len(hist) < 100
@@ -162,6 +162,21 @@ def test_an_early_stopped_run_is_finished(seq_dir, tmp_path):
     r2 = train(small_cfg(seq_dir, out, **kw))
     assert r2["steps_run"] == 0 and r2["stopped"] == "early_stop"
     assert r2["params_sha256"] == r1["params_sha256"]
+
+
+@pytest.mark.spark
+def test_early_stopping_waits_for_min_samples(seq_dir, tmp_path):
+    """Patience runs out only once min_samples training samples were seen: 3 steps of 64
+    samples per epoch and min_samples = 6 epochs' worth, patience 1 -> the run stops at the
+    first epoch from the 6th on (index >= 5) that does not beat every earlier one."""
+    kw = dict(epochs=100, steps_per_epoch=3, patience=1, lr=1e-6, eval_users=300,
+              min_samples=6 * 3 * 64)
+    r = train(small_cfg(seq_dir, tmp_path / "run", **kw))
+    scores = [h["valid_hr@50"] for h in r["history"]]
+    improved = [i == 0 or s > max(scores[:i]) for i, s in enumerate(scores)]
+    expected_stop = next(i for i in range(5, len(scores)) if not improved[i])
+    assert r["stopped"] == "early_stop" and len(scores) == expected_stop + 1
+    assert not all(improved[:5])  # lr 1e-6: an earlier epoch would have stopped without it
 
 
 @pytest.mark.spark
