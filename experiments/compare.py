@@ -134,9 +134,13 @@ def markdown_table(methods: Mapping[str, Mapping[str, Any]], title: str = "") ->
                              f"{c['recall@50']:.4f} | {c['hr@20']:.4f} | {c['hr@50']:.4f} |")
     tuned = {k: r for k, r in methods.items() if r.get("tuning")}
     if tuned:
+        def edge_note(r: Mapping[str, Any]) -> str:
+            edge = baseline_grid.at_edge(r["tuning"], r["params"])
+            return f" (on the grid's edge at {edge}: a wider grid may score higher)" if edge else ""
+
         lines += ["", "Baselines tuned on the valid users (HR@50; best of the grid): " + "; ".join(
             f"{METHOD_NAMES.get(k, k)} {r['params']} of {len(r['tuning'])} points, valid "
-            f"{max(t['hr@50'] for t in r['tuning']):.4f}" for k, r in tuned.items())]
+            f"{max(t['hr@50'] for t in r['tuning']):.4f}{edge_note(r)}" for k, r in tuned.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -161,3 +161,14 @@ def test_paired_difference_against_hand_computed_values():
     assert diff == pytest.approx(0.2)
     assert se == pytest.approx(math.sqrt(0.7 / 5))
     assert paired_difference(a, a) == (0.0, 0.0)
+
+
+def test_baseline_grid_flags_a_best_point_on_the_edge():
+    from experiments.baseline_grid import at_edge
+    evidence = [{"params": {"window": w, "recent": r, "mode": m}, "hr@50": 0.0}
+                for w in (1, 5, 20) for r in (3, 10) for m in ("a", "b")]
+    assert at_edge(evidence, {"window": 20, "recent": 10, "mode": "a"}) == {"window": 20,
+                                                                            "recent": 10}
+    assert at_edge(evidence, {"window": 5, "recent": 3, "mode": "b"}) == {"recent": 3}
+    # one value tried is no axis; strings have no edge
+    assert at_edge([{"params": {"window": 5}, "hr@50": 0.1}], {"window": 5}) == {}
