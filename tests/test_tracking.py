@@ -1,0 +1,257 @@
+"""MLflow tracking with a real MLflow and a temporary SQLite store, read back through
+`MlflowClient`: a training run (params, per-epoch metrics, artefacts, model version), its
+resume, a compare (parent + one child per method), aggregate, the daily DAG's training and
+gate steps, and the failure rule (a broken store never fails training)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from artefacts.pointer import model_version  # noqa: E402
+from mind_model.train import TrainConfig, train  # noqa: E402
+from tests.conftest import build_generated_sequences  # noqa: E402
+
+DS = "2026-11-28"
+TINY = dict(embed_dim=16, tower_hidden=(32,), profile_dim=4, n_neg=64, batch_size=64, lr=3e-3,
+            threads=1, reader_workers=1, shuffle_buffer=1024, eval_users=300, log_every=10,
+            progress=False)
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def seq_dir(spark, tmp_path_factory) -> Path:
+    return build_generated_sequences(spark, tmp_path_factory.mktemp("track_data"), ds=DS,
+                                     days=2, n_events=12_000, seed=5, min_row_groups=2)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> tuple[str, MlflowClient]:
+    """Tracking on, into a SQLite store of this test."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    monkeypatch.setenv("MIND_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri, MlflowClient(uri)
+
+
+def _runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_training_run_in_the_default_store_under_the_data_root(seq_dir, tmp_path, monkeypatch):
+    """No MLFLOW_TRACKING_URI: sqlite:///<data root>/mlflow.db, artefacts beside it. The run
+    has every TrainConfig field as a param, one loss / samples/s / valid HR point per
+    epoch equal to train's history, the test HRs, metrics.json, training.png and
+    best.pt's model version; a resume continues the same run."""
+    monkeypatch.setenv("MIND_TRACKING", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MIND_DATA_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    root = seq_dir.parents[1]
+    out = tmp_path / "run"
+    cfg = TrainConfig(data_dir=seq_dir, out_dir=out, epochs=2, steps_per_epoch=8, patience=None,
+                      **TINY)
+    res = train(cfg)
+    assert (root / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = _runs(client, "mind-train")
+    assert [r.info.run_id for r in runs] == [res["mlflow_run_id"]]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
+
+    params = run.data.params
+    for key, value in cfg.to_dict().items():
+        assert params[key] == str(value), key
+    assert params["data.world_size"] == "1" and params["data.steps_per_epoch"] == "8"
+
+    hist = res["history"]
+    assert [e["epoch"] for e in hist] == [0, 1]
+    for name, key in (("loss", "loss"), ("samples_per_s", "samples_per_s"),
+                      ("valid_hr_at_50", "valid_hr@50"), ("valid_hr_at_10", "valid_hr@10")):
+        got = _history(client, run.info.run_id, name)
+        assert [s for s, _ in got] == [0, 1], name
+        assert [v for _, v in got] == pytest.approx([e[key] for e in hist]), name
+    assert run.data.metrics["test_hr_at_50"] == pytest.approx(res["test"]["hr@50"])
+    assert run.data.metrics["best_valid_hr_at_50"] == pytest.approx(
+        res["best_valid"]["valid_hr@50"])
+    assert run.data.tags["mind.model_version"] == model_version(out / "best.pt")
+    assert run.data.tags["mind.kind"] == "training"
+
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "training.png"} <= arts
+    local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
+    assert json.loads(Path(local).read_text()) == json.loads((out / "metrics.json").read_text())
+    png = Path(client.download_artifacts(run.info.run_id, "training.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # resume with a longer budget: the same run gets epoch 2, no duplicated points
+    res2 = train(TrainConfig(**{**cfg.to_dict(), "epochs": 3, "tower_hidden": (32,)}))
+    assert res2["mlflow_run_id"] == res["mlflow_run_id"]
+    assert [s for s, _ in _history(client, run.info.run_id, "loss")] == [0, 1, 2]
+    assert len(_runs(client, "mind-train")) == 1
+    assert client.get_run(run.info.run_id).data.params["epochs"] == "2"  # params keep their start
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is: nobody listens there
+
+
+@pytest.mark.parametrize("broken", ["file-as-folder", "server-down"])
+def test_a_broken_tracking_store_does_not_fail_training(seq_dir, tmp_path, monkeypatch, caplog,
+                                                        broken):
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = (f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}" if broken == "file-as-folder"
+           else f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("MIND_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="mind_model.tracking"):
+        res = train(TrainConfig(data_dir=seq_dir, out_dir=tmp_path / "run", epochs=1,
+                                steps_per_epoch=4, **TINY))
+    assert res["mlflow_run_id"] is None
+    assert (tmp_path / "run" / "best.pt").is_file() and res["step"] == 4
+    warnings = [r for r in caplog.records if "MLflow tracking" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert time.monotonic() - t0 < 120  # the retries to a server that is down are bounded
+
+
+def test_switched_off_writes_no_store(seq_dir, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MIND_TRACKING", "1")
+    res = train(TrainConfig(data_dir=seq_dir, out_dir=tmp_path / "a", epochs=1,
+                            steps_per_epoch=2, tracking=False, **TINY))
+    monkeypatch.setenv("MIND_TRACKING", "off")
+    res2 = train(TrainConfig(data_dir=seq_dir, out_dir=tmp_path / "b", epochs=1,
+                             steps_per_epoch=2, **TINY))
+    assert res["mlflow_run_id"] is None and res2["mlflow_run_id"] is None
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "a" / "mlflow_run.json").exists()
+
+
+def test_compare_logs_a_parent_with_one_child_per_method(seq_dir, tmp_path, store):
+    from experiments.compare import METHOD_NAMES, compare
+
+    _, client = store
+    res = compare(seq_dir, tmp_path / "cmp", epochs=2, max_steps=6, seed=1,
+                  overrides=dict(TINY), variants=("youtube", "mind"), baselines=("popularity",),
+                  heatmap_users=0)
+    runs = _runs(client, "mind-compare")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert res["mlflow"]["run_id"] == parent.info.run_id
+    children = {r.data.tags["mind.method"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"popularity", "youtube", "mind"}
+    assert {m: c.info.run_id for m, c in children.items()} == res["mlflow"]["children"]
+    for m, child in children.items():
+        row = res["methods"][m]
+        assert child.info.run_name == METHOD_NAMES[m]
+        for n in (10, 50, 100):
+            assert child.data.metrics[f"hr_at_{n}"] == pytest.approx(row[f"hr@{n}"])
+            assert parent.data.metrics[f"{m}.hr_at_{n}"] == pytest.approx(row[f"hr@{n}"])
+    assert children["mind"].data.metrics["rel_hr_at_50"] == pytest.approx(
+        res["methods"]["mind"]["rel_hr@50"])
+    # the trained children hold their own training: config params and epoch curves
+    for m in ("youtube", "mind"):
+        c = children[m]
+        assert c.data.params["variant"] == m and c.data.params["max_steps"] == "6"
+        losses = [v for _, v in _history(client, c.info.run_id, "loss")]
+        assert losses == pytest.approx(res["methods"][m]["loss_by_epoch"])
+    assert parent.data.params["split"] == "test" and parent.data.params["max_steps"] == "6"
+    assert {"compare.json", "compare.md"} <= {a.path for a in
+                                              client.list_artifacts(parent.info.run_id)}
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["mlflow"]["run_id"] == parent.info.run_id
+    assert len(_runs(client, "mind-train")) == 0  # no stray top-level training runs
+
+
+def test_aggregate_logs_a_parent_with_one_child_per_method(tmp_path, store):
+    from experiments import aggregate as agg
+
+    _, client = store
+    runs = []
+    for i, (yt, mk) in enumerate(((0.20, 0.26), (0.22, 0.25))):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        run = {"settings": {"data": str(tmp_path / f"sequences/ds=2026-11-2{i}"),
+                            "split": "test"},
+               "methods": {m: {"hr@10": hr / 2, "hr@50": hr, "hr@100": hr * 1.5, "users": 100}
+                           for m, hr in (("youtube", yt), ("mind", mk))}}
+        (d / "compare.json").write_text(json.dumps(run))
+        runs.append(d)
+    assert agg.main([str(r) for r in runs] + ["--out", str(tmp_path / "agg")]) == 0
+    found = _runs(client, "mind-aggregate")
+    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.data.tags["mind.method"]: r for r in found if r is not parent}
+    assert set(children) == {"youtube", "mind"}
+    # by hand: mean HR@50 of MIND-K (0.26 + 0.25) / 2, mean difference ((.06) + (.03)) / 2
+    assert children["mind"].data.metrics["mean_hr_at_50"] == pytest.approx(0.255)
+    assert children["mind"].data.metrics["mean_diff"] == pytest.approx(0.045)
+    assert parent.data.metrics["mind.mean_diff"] == pytest.approx(0.045)
+    assert {"summary.json", "summary.md"} <= {a.path for a in
+                                              client.list_artifacts(parent.info.run_id)}
+
+
+def test_daily_training_and_gate_steps_tag_one_run(seq_dir, tmp_path, store, monkeypatch):
+    """The DAG's steps without Airflow: train_command opens the run with ds, fingerprint and
+    warm start; the torchrun command logs the training into it; the gate adds its decision
+    and writes the run id into evaluation.json; version_pointer carries it to current.json."""
+    import shutil
+
+    from artefacts.layout import DataLayout
+    from artefacts.pointer import _training_run
+    from orchestration import steps
+    from orchestration.config import PipelineConfig
+
+    _, client = store
+    root = tmp_path / "data"
+    shutil.copytree(seq_dir, root / "sequences" / f"ds={DS}")
+    cfg = PipelineConfig(data_root=root, train_nproc=1, train_epochs=1, train_patience=1,
+                         train_args=("--batch-size", "64", "--n-neg", "64", "--embed-dim", "16",
+                                     "--tower-hidden", "32", "--steps-per-epoch", "4",
+                                     "--eval-users", "200", "--threads", "1"))
+    plan = steps.plan_training(cfg, DS)
+    cmd = steps.train_command(cfg, DS)
+    subprocess.run(["bash", "-c", cmd], check=True, capture_output=True)
+    result = steps.evaluate_and_stage(cfg, DS)
+
+    runs = _runs(client, "mind-daily")
+    assert len(runs) == 1
+    run = runs[0]
+    tags = run.data.tags
+    assert tags["mind.ds"] == DS and tags["mind.fingerprint"] == plan["fingerprint"]
+    assert tags["mind.warm_start_from"] == "none" and tags["mind.baseline_version"] == "none"
+    assert tags["mind.gate.publish"] == "true" and tags["mind.gate.reason"] == result["reason"]
+    assert tags["mind.model_version"] == result["model_version"] == model_version(
+        DataLayout(root).model_file(DS))
+    assert run.data.params["data_dir"] == plan["seq_dir"] and run.data.params["epochs"] == "1"
+    assert [s for s, _ in _history(client, run.info.run_id, "loss")] == [0]
+    assert run.data.metrics["gate_new_hr_at_50"] == pytest.approx(result["new"]["hr@50"])
+    saved = json.loads(DataLayout(root).evaluation(DS).read_text())
+    assert saved["mlflow_run_id"] == run.info.run_id
+    assert _training_run(DataLayout(root), DS) == run.info.run_id
+
+    # a retry of the task continues the same run
+    subprocess.run(["bash", "-c", steps.train_command(cfg, DS)], check=True, capture_output=True)
+    assert [r.info.run_id for r in _runs(client, "mind-daily")] == [run.info.run_id]
