@@ -16,14 +16,20 @@ its parent and child runs apart).
   resumed training, a retried DAG task and a compare's pre-created child run all
   continue that run instead of opening another.
 - MLflow's usage telemetry is off unless the user asks for it (`MLFLOW_DISABLE_TELEMETRY`).
+
+`python -m mind_model.tracking --data-root data [--port 5000]` (`make mlflow-ui`) serves the
+MLflow UI over that store on 127.0.0.1 only.
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import importlib.util
 import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -308,3 +314,40 @@ def run_by_id(run_id: str | None, data_root: Path | str) -> Tracker:
         return OFF
     client, uri = made
     return Tracker(client, run_id, uri)
+
+
+# ------------------------------------------------------------------------------ the UI
+
+
+def ui_command(data_root: Path | str, port: int = 5000) -> list[str]:
+    """`mlflow ui` over the store of data_root (same rules as the runs), bound to 127.0.0.1."""
+    uri = tracking_uri(data_root)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    art = _artifact_location(uri)
+    return cmd + (["--default-artifact-root", art] if art else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mind_model.tracking",
+                                description="The MLflow UI over the runs of a data root, on "
+                                            "127.0.0.1 (MLFLOW_TRACKING_URI overrides the store)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--port", type=int, default=5000)
+    a = p.parse_args(argv)
+    if not 0 < a.port < 65536:
+        print(f"mlflow-ui: --port {a.port} is not a TCP port", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("mlflow") is None:
+        print("mlflow-ui: mlflow is not installed in this environment (run make setup)",
+              file=sys.stderr)
+        return 2
+    cmd = ui_command(a.data_root, a.port)
+    print(f"MLflow UI over {cmd[5]} at http://127.0.0.1:{a.port} (Ctrl-C stops it)", flush=True)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

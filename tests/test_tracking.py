@@ -213,6 +213,7 @@ def test_aggregate_logs_a_parent_with_one_child_per_method(tmp_path, store):
                                               client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.slow
 def test_daily_training_and_gate_steps_tag_one_run(seq_dir, tmp_path, store, monkeypatch):
     """The DAG's steps without Airflow: train_command opens the run with ds, fingerprint and
     warm start; the torchrun command logs the training into it; the gate adds its decision
@@ -255,3 +256,67 @@ def test_daily_training_and_gate_steps_tag_one_run(seq_dir, tmp_path, store, mon
     # a retry of the task continues the same run
     subprocess.run(["bash", "-c", steps.train_command(cfg, DS)], check=True, capture_output=True)
     assert [r.info.run_id for r in _runs(client, "mind-daily")] == [run.info.run_id]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_serves_the_compare_runs_on_loopback(tmp_path, store):
+    """`make mlflow-ui`'s command (mind_model.tracking.ui_command) answers on 127.0.0.1: the
+    page, and its REST API lists the compare parent with its children."""
+    import os
+    import signal
+    import sys
+    import urllib.request
+
+    from experiments import track
+    from experiments.compare import METHOD_NAMES
+    from mind_model.tracking import ui_command
+
+    parent = track.start_parent("compare", "compare ds=X (test)", tmp_path, {"split": "test"})
+    children: dict = {}
+    track.log_rows(parent, {"youtube": {"hr@50": 0.20}, "mind": {"hr@50": 0.25}}, children,
+                   METHOD_NAMES)
+    parent.end()
+    port = _closed_port()
+    cmd = ui_command(tmp_path, port)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"] and "127.0.0.1" in cmd
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, body: dict | None = None) -> bytes:
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read()
+
+    log = open(tmp_path / "ui.log", "w")
+    # its own process group: mlflow ui runs the web server as a child process
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                assert get("/health") == b"OK"
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the UI did not answer within 180 s"
+                time.sleep(1)
+        assert b"<title>MLflow</title>" in get("/")
+        exp = json.loads(get("/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                             "mind-compare"))["experiment"]
+        runs = json.loads(get("/api/2.0/mlflow/runs/search",
+                              {"experiment_ids": [exp["experiment_id"]]}))["runs"]
+        by_name = {r["info"]["run_name"]: r for r in runs}
+        assert set(by_name) == {"compare ds=X (test)", "YouTube DNN", "MIND-K"}
+        for name in ("YouTube DNN", "MIND-K"):
+            tags = {t["key"]: t["value"] for t in by_name[name]["data"]["tags"]}
+            assert tags["mlflow.parentRunId"] == parent.run_id
+        metrics = {m["key"]: m["value"] for m in by_name["MIND-K"]["data"]["metrics"]}
+        assert metrics["hr_at_50"] == pytest.approx(0.25)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
