@@ -328,6 +328,13 @@ def ui_command(data_root: Path | str, port: int = 5000) -> list[str]:
     return cmd + (["--default-artifact-root", art] if art else [])
 
 
+def ui_env() -> dict[str, str]:
+    """The UI's environment: no telemetry, no background job workers (MLflow's GenAI jobs:
+    7 worker processes that a store of training runs never uses); the user's values win."""
+    return {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **os.environ}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mind_model.tracking",
                                 description="The MLflow UI over the runs of a data root, on "
@@ -344,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = ui_command(a.data_root, a.port)
     print(f"MLflow UI over {cmd[5]} at http://127.0.0.1:{a.port} (Ctrl-C stops it)", flush=True)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, ui_env())
     return 0  # not reached
 
 

@@ -269,7 +269,7 @@ def test_mlflow_ui_serves_the_compare_runs_on_loopback(tmp_path, store):
 
     from experiments import track
     from experiments.compare import METHOD_NAMES
-    from mind_model.tracking import ui_command
+    from mind_model.tracking import ui_command, ui_env
 
     parent = track.start_parent("compare", "compare ds=X (test)", tmp_path, {"split": "test"})
     children: dict = {}
@@ -289,7 +289,8 @@ def test_mlflow_ui_serves_the_compare_runs_on_loopback(tmp_path, store):
 
     log = open(tmp_path / "ui.log", "w")
     # its own process group: mlflow ui runs the web server as a child process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=ui_env())
     try:
         deadline = time.monotonic() + 180
         while True:
