@@ -321,3 +321,38 @@ def test_mlflow_ui_serves_the_compare_runs_on_loopback(tmp_path, store):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_sweep_logs_a_parent_curve_and_one_child_per_value(seq_dir, tmp_path, store):
+    from experiments.sweep import sweep
+
+    _, client = store
+    res = sweep(seq_dir, tmp_path / "sw", "sigma", [0.5, 2.0], epochs=1, max_steps=3,
+                overrides=dict(TINY))
+    found = _runs(client, "mind-sweep")
+    parent = next(r for r in found if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.data.tags["mind.sweep_value"]: r for r in found if r is not parent}
+    assert set(children) == {"0.5", "2.0"} and res["mlflow"]["run_id"] == parent.info.run_id
+    for i, point in enumerate(res["points"]):
+        child = children[point["label"]]
+        assert child.data.params["routing_sigma"] == point["label"]  # its own training's config
+        assert child.data.metrics["hr_at_50"] == pytest.approx(point["hr@50"])
+    curve = _history(client, parent.info.run_id, "hr_at_50")
+    assert curve == [(i, pytest.approx(p["hr@50"])) for i, p in enumerate(res["points"])]
+    assert {"sweep_routing_sigma.json", "sweep_routing_sigma.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_local_pipeline_report_names_its_runs(tmp_path, monkeypatch):
+    from orchestration.report import mlflow_section
+
+    monkeypatch.setenv("MIND_TRACKING", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MIND_DATA_ROOT", raising=False)
+    text = "\n".join(mlflow_section(tmp_path, {"mlflow_run_id": "d41"},
+                                    {"mlflow": {"run_id": "p07", "children": {"mind": "c99"}}}))
+    assert f"sqlite:///{tmp_path}/mlflow.db" in text and "make mlflow-ui" in text
+    assert "`d41`" in text and "`p07`" in text
+    assert "| MIND-K (child) | mind-compare | `c99` |" in text
+    monkeypatch.setenv("MIND_TRACKING", "0")
+    assert "switched off" in "\n".join(mlflow_section(tmp_path, {}, {}))
