@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train
+.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
+        mlflow-ui
 
 setup: $(STAMP)
 
@@ -49,6 +50,12 @@ LOCAL_PIPELINE_ARGS ?=
 local-pipeline: $(STAMP)
 	$(PY) -m orchestration.local_pipeline --data-root $(DATA_ROOT) \
 	  $(if $(DATA),--data $(DATA) --format $(FORMAT),--ds $(DS) --days $(DAYS)) $(LOCAL_PIPELINE_ARGS)
+
+# The MLflow UI over the runs of $(DATA_ROOT) (sqlite:///$(DATA_ROOT)/mlflow.db, or
+# MLFLOW_TRACKING_URI), bound to 127.0.0.1 only: open http://127.0.0.1:$(MLFLOW_PORT).
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)
+	$(PY) -m mind_model.tracking --data-root $(DATA_ROOT) --port $(MLFLOW_PORT)
 
 bench-prep: $(STAMP)
 	$(PY) -m bench.bench_prep

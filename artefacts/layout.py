@@ -2,6 +2,7 @@
 
     <root>/sequences/ds=D/                 build_sequences (vocab/, latest/, items/, stats.json)
     <root>/models/ds=D/model.pt            training (mind_model.checkpoint)
+    <root>/models/ds=D/evaluation.json     the publish gate (decision, MLflow run id)
     <root>/embeddings/ds=D/users/          embed_users: USER_VECTORS
     <root>/embeddings/ds=D/items/          embed_users: ITEM_EMBEDDINGS (active catalogue)
     <root>/embeddings/ds=D/manifest.json   embed_users: model version, counts, timings
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.pt"
+EVALUATION = "evaluation.json"
 MANIFEST = "manifest.json"
 CURRENT = "current.json"
 
@@ -42,6 +44,9 @@ class DataLayout:
 
     def model_file(self, ds: str) -> Path:
         return self.models(ds) / MODEL_FILE
+
+    def evaluation(self, ds: str) -> Path:
+        return self.models(ds) / EVALUATION
 
     def embeddings(self, ds: str) -> Path:
         return self.root / "embeddings" / f"ds={check_ds(ds)}"

@@ -5,7 +5,10 @@
     {"ds": "2026-11-28", "model_version": "3f2a...", "model": "models/ds=.../model.pt",
      "index": "index/ds=...", "user_vectors": "embeddings/ds=.../users",
      "item_embeddings": "embeddings/ds=.../items", "sequences": "sequences/ds=...",
-     "published_at": "...", "previous": {the pointer it replaced, without its own previous}}
+     "published_at": "...", "previous": {the pointer it replaced, without its own previous},
+     "mlflow_run_id": "..." (or null: the training's MLflow run, from models/ds=D/evaluation.json)}
+
+Readers must not require `mlflow_run_id` (pointers written before it existed lack it).
 
 `publish` checks that the three artefacts exist and were all made from the same
 model file (same content hash), then replaces the pointer with one `os.replace`:
@@ -119,7 +122,17 @@ def version_pointer(root: Path | str, ds: str) -> dict[str, Any]:
         raise PublishError(f"ds={ds}: artefacts come from different models {versions}; "
                            f"rerun embed_users and build_index for this model")
     return {"ds": ds, "model_version": versions["model file"],
-            **{k: layout.relative(p) for k, p in paths.items()}}
+            **{k: layout.relative(p) for k, p in paths.items()},
+            "mlflow_run_id": _training_run(layout, ds)}
+
+
+def _training_run(layout: DataLayout, ds: str) -> str | None:
+    """The MLflow run id the publish gate recorded for ds (metadata: not part of the
+    version's identity)."""
+    try:
+        return json.loads(layout.evaluation(ds).read_text()).get("mlflow_run_id")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _verify(root: Path, pointer: dict[str, Any]) -> None:
@@ -149,7 +162,7 @@ def publish(root: Path | str, ds: str) -> Pointer:
         old = read_current(root).data
     except NoCurrentVersion:
         old = None
-    if old is not None and all(old.get(k) == v for k, v in new.items()):
+    if old is not None and all(old.get(k) == new[k] for k in ("ds", "model_version", *ARTEFACTS)):
         # republishing the served version must not overwrite the real previous one
         log.info("ds=%s (model %s) is already current", ds, new["model_version"])
         return Pointer(root, old)

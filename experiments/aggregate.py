@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from artefacts.storage import write_json, write_text
+from experiments import track
 from experiments.compare import BASELINE_ORDER, METHOD_NAMES, REFERENCE, VARIANT_ORDER
 from experiments.stats import mean_se
 from mind_model.metrics import HR_NS
@@ -207,18 +208,31 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. mind1 for MIND-K vs MIND-1)")
     args = p.parse_args(argv)
     try:
-        summary = aggregate([load_run(r) for r in args.runs], metric=args.metric,
-                            reference=args.reference)
+        runs = [load_run(r) for r in args.runs]
+        summary = aggregate(runs, metric=args.metric, reference=args.reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"aggregate: {e}", file=sys.stderr)
         return 2
     summary["run_dirs"] = [str(r) for r in args.runs]
-    text = markdown(summary)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / "summary.json", summary, sort_keys=False)
-        write_text(args.out / "summary.md", text)
+    with track.start_parent("aggregate", f"aggregate of {len(runs)} compare runs",
+                            runs[0]["settings"].get("data") or args.runs[0],
+                            {"metric": args.metric, "reference": args.reference,
+                             "n_runs": len(runs), "unit": summary["unit"],
+                             "run_dirs": ",".join(summary["run_dirs"])}) as parent:
+        parent.set_tags({"mind.compare_runs": ",".join(
+            (r.get("mlflow") or {}).get("run_id") or "-" for r in runs)})
+        children: dict = {}
+        track.log_rows(parent, {m: {k: v for k, v in row.items() if k not in ("units", "diffs")}
+                                for m, row in summary["methods"].items()},
+                       children, METHOD_NAMES)
+        summary["mlflow"] = track.describe(parent, children)
+        text = markdown(summary)
+        print(text)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_json(args.out / "summary.json", summary, sort_keys=False)
+            write_text(args.out / "summary.md", text)
+            track.log_files(parent, [args.out / "summary.json", args.out / "summary.md"])
     return 0
 
 

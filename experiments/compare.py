@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from artefacts.storage import write_json, write_text
-from experiments import baseline_grid
+from experiments import baseline_grid, track
 from experiments import breakdown as bd
 from experiments.overrides import parse_overrides
 from experiments.stats import hr_se, paired_difference, relative
@@ -214,39 +214,50 @@ def compare(seq_dir: Path | str, out_dir: Path | str, *, epochs: int = 30,
                                 "max_steps": max_steps, "seed": seed, "nproc": nproc,
                                 "overrides": common, "variant_overrides": per_variant,
                                 "train_configs": {}}
-    methods: dict[str, dict[str, Any]] = {}
-    hits: dict[str, dict[int, np.ndarray]] = {}  # method -> {N: (U,) hit of each user}
-    if baselines:
-        score_baselines(seq_dir, meta, samples, baselines, baseline_params or {}, methods, hits,
-                        baseline_grids)
-    budget = dict(epochs=epochs, max_steps=max_steps, seed=seed)
-    models = {}
-    for variant in variants:
-        cfg = variant_config(seq_dir, out_dir, variant, budget, common,
-                             per_variant.get(variant, {}))
-        settings["train_configs"][variant] = cfg.to_dict()
-        methods[variant], hits[variant], models[variant] = train_and_score(
-            cfg, nproc, meta, samples, device)
+    children: dict[str, Any] = {}  # method -> its MLflow child run
+    parent = track.start_parent("compare", f"compare {seq_dir.name} ({split})", seq_dir,
+                                {k: v for k, v in settings.items() if k != "train_configs"})
+    with parent:  # ended FAILED if anything below raises
+        methods: dict[str, dict[str, Any]] = {}
+        hits: dict[str, dict[int, np.ndarray]] = {}  # method -> {N: (U,) hit of each user}
+        if baselines:
+            score_baselines(seq_dir, meta, samples, baselines, baseline_params or {}, methods, hits,
+                            baseline_grids)
+        budget = dict(epochs=epochs, max_steps=max_steps, seed=seed)
+        models = {}
+        for variant in variants:
+            cfg = variant_config(seq_dir, out_dir, variant, budget, common,
+                                 per_variant.get(variant, {}))
+            settings["train_configs"][variant] = cfg.to_dict()
+            # the child run the training logs into: Table 2 next to its training curves
+            children[variant] = track.training_child(parent, METHOD_NAMES[variant], cfg.out_dir,
+                                                     {"mind.method": variant})
+            methods[variant], hits[variant], models[variant] = train_and_score(
+                cfg, nproc, meta, samples, device)
 
-    add_relative(methods)
-    add_paired(methods, hits)
-    methods = {m: methods[m] for m in (*BASELINE_ORDER, *VARIANT_ORDER) if m in methods}
-    interests, heatmap_path = {}, None
-    if "mind" in models:
-        interests, heatmap_path = interpret_mind(models["mind"], seq_dir, out_dir, samples,
-                                                 meta.active_items, truth_dir, heatmap_users,
-                                                 seed)
-    result = {"settings": settings, "methods": methods,
-              "breakdown": breakdowns({m: hits[m] for m in methods}, samples, meta),
-              "interests": interests, "reference": REFERENCE,
-              "heatmap": str(heatmap_path) if heatmap_path else None,
-              "wall_s": time.time() - t_start}
-    md = report_markdown(result, seq_dir, len(samples["target"]))
-    write_json(out_dir / "compare.json", result, sort_keys=False)
-    write_text(out_dir / "compare.md", md)
-    result["markdown"] = md
-    log.info("wrote %s and %s in %.0fs", out_dir / "compare.json", out_dir / "compare.md",
-             time.time() - t_start)
+        add_relative(methods)
+        add_paired(methods, hits)
+        methods = {m: methods[m] for m in (*BASELINE_ORDER, *VARIANT_ORDER) if m in methods}
+        interests, heatmap_path = {}, None
+        if "mind" in models:
+            interests, heatmap_path = interpret_mind(models["mind"], seq_dir, out_dir, samples,
+                                                     meta.active_items, truth_dir, heatmap_users,
+                                                     seed)
+        result = {"settings": settings, "methods": methods,
+                  "breakdown": breakdowns({m: hits[m] for m in methods}, samples, meta),
+                  "interests": interests, "reference": REFERENCE,
+                  "heatmap": str(heatmap_path) if heatmap_path else None,
+                  "wall_s": time.time() - t_start}
+        track.log_rows(parent, methods, children, METHOD_NAMES,
+                       {m: r.get("params") for m, r in methods.items()})
+        result["mlflow"] = track.describe(parent, children)
+        md = report_markdown(result, seq_dir, len(samples["target"]))
+        write_json(out_dir / "compare.json", result, sort_keys=False)
+        write_text(out_dir / "compare.md", md)
+        track.log_files(parent, [out_dir / "compare.json", out_dir / "compare.md", heatmap_path])
+        result["markdown"] = md
+        log.info("wrote %s and %s in %.0fs", out_dir / "compare.json", out_dir / "compare.md",
+                 time.time() - t_start)
     return result
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from artefacts.storage import atomic_path, write_json
+from experiments import track
 from experiments.overrides import parse_overrides
 from experiments.stats import hr_se
 from mind_model.metrics import HR_NS
@@ -105,35 +106,49 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = load_meta(seq_dir)
     samples = read_eval(seq_dir, split)
+    settings = {"data": str(seq_dir), "split": split, "epochs": epochs, "max_steps": max_steps,
+                "seed": seed, "variant": variant, "overrides": dict(overrides or {})}
+    parent = track.start_parent("sweep", f"sweep {field} on {seq_dir.name}", seq_dir,
+                                {**settings, "param": field,
+                                 "values": ",".join(_label(v) for v in values)})
+    children: dict[str, Any] = {}  # label -> its MLflow child run (the training logs into it)
     points = []
-    for i, v in enumerate(values):
-        kw = dict(progress=False, test_at_end=False)
-        kw.update(overrides or {})
-        kw.update({field: v}, data_dir=str(seq_dir), variant=variant, epochs=epochs,
-                  max_steps=max_steps, seed=seed,
-                  out_dir=str(out_dir / "runs" / f"{field}={_label(v)}"))
-        cfg = TrainConfig(**kw)
-        log.info("sweep %s: %d/%d, %s = %s", field, i + 1, len(values), field, _label(v))
-        t0 = time.perf_counter()
-        res = run_training(cfg, nproc)
-        model = load_model(res["best"], device)
-        hr = evaluate(ModelRecommender(model, meta.active_items, device=device), samples, ns=HR_NS)
-        point = {"value": v, "label": _label(v), **{f"hr@{n}": float(hr[f"hr@{n}"]) for n in HR_NS},
-                 "hr@50_se": hr_se(float(hr["hr@50"]), int(hr["users"])), "users": int(hr["users"]),
-                 "best_epoch": (res.get("best_valid") or {}).get("epoch"),
-                 "valid_hr@50": (res.get("best_valid") or {}).get("valid_hr@50"),
-                 "train_s": time.perf_counter() - t0}
-        points.append(point)
-        log.info("sweep %s = %s: %s HR@50 %.4f ± %.4f", field, _label(v), split, point["hr@50"],
-                 point["hr@50_se"])
-    result = {"param": field, "values": [_label(v) for v in values], "points": points,
-              "settings": {"data": str(seq_dir), "split": split, "epochs": epochs,
-                           "max_steps": max_steps, "seed": seed, "variant": variant,
-                           "overrides": dict(overrides or {})},
-              "wall_s": time.time() - t_start}
-    js, png = out_dir / f"sweep_{field}.json", out_dir / f"sweep_{field}.png"
-    write_json(js, result, sort_keys=False)
-    plot(points, field, png, f"MIND ({variant}) on {seq_dir.name}, {split} users: HR@N vs {field}")
+    with parent:  # ended FAILED if a run raises
+        for i, v in enumerate(values):
+            kw = dict(progress=False, test_at_end=False)
+            kw.update(overrides or {})
+            kw.update({field: v}, data_dir=str(seq_dir), variant=variant, epochs=epochs,
+                      max_steps=max_steps, seed=seed,
+                      out_dir=str(out_dir / "runs" / f"{field}={_label(v)}"))
+            cfg = TrainConfig(**kw)
+            log.info("sweep %s: %d/%d, %s = %s", field, i + 1, len(values), field, _label(v))
+            children[_label(v)] = track.training_child(parent, f"{field}={_label(v)}",
+                                                       cfg.out_dir, {"mind.sweep_value": _label(v)})
+            t0 = time.perf_counter()
+            res = run_training(cfg, nproc)
+            model = load_model(res["best"], device)
+            hr = evaluate(ModelRecommender(model, meta.active_items, device=device), samples,
+                          ns=HR_NS)
+            point = {"value": v, "label": _label(v),
+                     **{f"hr@{n}": float(hr[f"hr@{n}"]) for n in HR_NS},
+                     "hr@50_se": hr_se(float(hr["hr@50"]), int(hr["users"])),
+                     "users": int(hr["users"]),
+                     "best_epoch": (res.get("best_valid") or {}).get("epoch"),
+                     "valid_hr@50": (res.get("best_valid") or {}).get("valid_hr@50"),
+                     "train_s": time.perf_counter() - t0}
+            points.append(point)
+            children[_label(v)].log_metrics(track.row_metrics(point))
+            parent.log_metrics(track.row_metrics(point), step=i)  # the curve, step = value's index
+            log.info("sweep %s = %s: %s HR@50 %.4f ± %.4f", field, _label(v), split,
+                     point["hr@50"], point["hr@50_se"])
+        result = {"param": field, "values": [_label(v) for v in values], "points": points,
+                  "settings": settings, "wall_s": time.time() - t_start,
+                  "mlflow": track.describe(parent, children)}
+        js, png = out_dir / f"sweep_{field}.json", out_dir / f"sweep_{field}.png"
+        write_json(js, result, sort_keys=False)
+        plot(points, field, png,
+             f"MIND ({variant}) on {seq_dir.name}, {split} users: HR@N vs {field}")
+        track.log_files(parent, [js, png])
     result["json"], result["png"] = str(js), str(png)
     return result
 

@@ -74,6 +74,8 @@ from mind_model.loss import SampledSoftmaxLoss
 from mind_model.metrics import HR_NS
 from mind_model.model import MIND, B2IRouting
 from mind_model.reader import check_shardable, train_batches
+from mind_model.tracking import OFF
+from mind_model.train_tracking import finish_training, log_epoch, open_training
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,7 @@ class TrainConfig(ModelSettings):
     shuffle_buffer: int | None = None  # rows in the shuffling buffer (None = reader's default)
     progress: bool = True  # tqdm bar on rank 0
     dist_timeout_min: float = 60.0  # collective timeout; rank 0's evaluation must fit in it
+    tracking: bool = True  # log the run to MLflow (rank 0; mind_model.tracking; MIND_TRACKING=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -291,6 +294,8 @@ class Run:
                          "n_items": self.meta.n_items, "train_samples": self.meta.train_samples,
                          "world_size": d.world_size, "steps_per_epoch": self.spe,
                          "variant": cfg.variant}
+        # rank 0's MLflow run; other ranks never open one
+        self.tracker = open_training(cfg, self.run_meta, self.state.history) if d.main else OFF
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
             log.info("training %s on %s: %d processes x batch %d, %d steps/epoch, steps %d -> %d, "
@@ -418,6 +423,7 @@ class Run:
                 rec["eval_s"] = time.perf_counter() - te
             rec["wall_s"] = time.time() - self.t_start
             state.history.append(rec)
+            log_epoch(self.tracker, rec)
             score = rec.get(f"valid_{SELECT_METRIC}")
             improved = score is not None and score > state.best.get(f"valid_{SELECT_METRIC}", -1.0)
             if improved or (score is None and complete):
@@ -485,6 +491,10 @@ class Run:
                 "config": cfg.to_dict(), "wall_s": time.time() - self.t_start,
                 "world_size": d.world_size})
             result.update(history=state.history, best_valid=state.best, test=test)
+            finish_training(self.tracker, metrics_path=self.metrics_path,
+                            best_path=self.best_path, history=state.history, best=state.best,
+                            test=test, stopped=stopped)
+            result["mlflow_run_id"] = self.tracker.run_id
         d.barrier()
         return result
 
@@ -519,6 +529,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                     stopped = "signal"
                 if run.end_of_epoch(stats, signalled, bar) and stopped is None:
                     stopped = "early_stop"
+    except BaseException:
+        run.tracker.end("FAILED")
+        raise
     finally:
         if bar is not None:
             bar.close()

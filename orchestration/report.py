@@ -185,4 +185,26 @@ def build_report(root: Path, ds: str, source: str, dag: dict, cmp: dict,
         s = v.get("seconds")
         L.append(f"| {t} | {v.get('state', '?')} | {'' if s is None else f'{s:.0f}'} |")
     L += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in pngs), ""]
+    L += mlflow_section(root, gate, cmp)
     return "\n".join(L)
+
+
+def mlflow_section(root: Path, gate: dict[str, Any], cmp: dict[str, Any]) -> list[str]:
+    """The MLflow runs this pipeline made (ids to paste into the UI's search), or why none."""
+    from mind_model.tracking import enabled, tracking_uri
+
+    daily, parent = gate.get("mlflow_run_id"), cmp.get("mlflow")
+    L = ["## MLflow runs", ""]
+    if not (daily or parent):
+        why = "switched off (MIND_TRACKING)" if not enabled() else "not reachable or mlflow " \
+            "not installed (see the warnings above)"
+        return L + [f"No runs recorded: tracking {why}.", ""]
+    L += [f"Store `{tracking_uri(root)}`; browse with `make mlflow-ui DATA_ROOT={root}`.", "",
+          "| run | experiment | run id |", "|---|---|---|"]
+    if daily:
+        L.append(f"| daily training (ds, fingerprint, gate as tags) | mind-daily | `{daily}` |")
+    if parent:
+        L.append(f"| compare (parent) | mind-compare | `{parent['run_id']}` |")
+        L += [f"| {METHOD_NAMES.get(m, m)} (child) | mind-compare | `{rid}` |"
+              for m, rid in parent.get("children", {}).items()]
+    return L + [""]

@@ -14,7 +14,9 @@ testable without Airflow:
 - `evaluate_and_stage`: the publish gate. HR@N of the new model and of the baseline
   model on the SAME held-out users of ds (ids the older model does not know become
   "unknown"); writes `models/ds=D/` (model.pt, train_metrics.json, evaluation.json)
-  in one rename. The decision and its reason are in evaluation.json.
+  in one rename. The decision and its reason are in evaluation.json, with the id of
+  the training's MLflow run (`orchestration.runs`), which publishing copies into
+  current.json.
 - `publish_decision`: whether publishing ds may move the served pointer (never back
   to an older ds); `publish_version` moves it.
 """
@@ -30,14 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from artefacts.layout import DataLayout, check_ds
+from artefacts.layout import EVALUATION, DataLayout, check_ds
 from artefacts.pointer import NoCurrentVersion, model_version, publish, read_current
 from artefacts.storage import staged_dir, write_json
+from orchestration import runs
 from orchestration.config import PROJECT_ROOT, PipelineConfig
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "evaluation.json"
+EVAL_FILE = EVALUATION
 TRAIN_METRICS_FILE = "train_metrics.json"
 
 
@@ -93,7 +96,9 @@ def publish_decision(root: Path | str, ds: str) -> tuple[bool, str]:
 
 def publish_version(root: Path | str, ds: str) -> dict[str, Any]:
     """Make ds the served version (`artefacts.pointer.publish`); returns the new pointer."""
-    return publish(root, ds).data
+    pointer = publish(root, ds).data
+    runs.tag_published(root, pointer)
+    return pointer
 
 
 # ------------------------------------------------------------------------ training
@@ -150,6 +155,7 @@ def train_command(cfg: PipelineConfig, ds: str) -> str:
            "--no-progress", *plan["flags"]]
     if plan["warm_start_from"]:
         cmd += ["--warm-start-from", plan["warm_start_from"]]
+    runs.open_training_run(cfg.data_root, plan)  # rank 0 of the training continues it
     log.info("training ds=%s in %s (warm start: %s)", ds, work, plan["warm_start_from"])
     # OMP_NUM_THREADS is left to distributed.default_threads (CPUs / processes)
     return f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {shlex.join(cmd)}"
@@ -182,11 +188,13 @@ def evaluate_and_stage(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
     new = hit_rates(best, plan["seq_dir"])
     if metric not in new:
         raise ValueError(f"gate metric {metric!r} not computed; one of {sorted(new)}")
+    run = runs.training_run(cfg.data_root, work)
     result: dict[str, Any] = {
         "ds": ds, "metric": metric, "margin": cfg.gate_margin, "split": "test",
         "model_version": model_version(best), "new": new, "baseline": None,
         "training": {"work_dir": str(work), "fingerprint": plan["fingerprint"],
                      "warm_start_from": plan["warm_start_from"]},
+        "mlflow_run_id": run.run_id,
     }
     base = plan["baseline"]
     if base is None:
@@ -201,6 +209,7 @@ def evaluate_and_stage(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
             f"{metric} {new[metric]:.4f} vs published ds={base['ds']} {old[metric]:.4f} "
             f"(drop {drop:+.4f}, margin {cfg.gate_margin}): "
             + ("within the margin" if ok else "worse by more than the margin, NOT published"))
+    runs.tag_gate(run, result)
     layout = DataLayout(cfg.data_root)
     with staged_dir(layout.models(ds)) as tmp:
         shutil.copyfile(best, tmp / "model.pt")

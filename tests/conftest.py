@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# MLflow tracking is off in tests unless a test switches it on (tests/test_tracking.py):
+# otherwise every training of the suite would create a SQLite store in its temporary root.
+os.environ.setdefault("MIND_TRACKING", "0")
 SHARED_DATASETS = Path(os.environ.get("MIND_SHARED_DATASETS",
                                       REPO_ROOT.parent / "shared" / "datasets"))
 

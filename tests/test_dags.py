@@ -62,6 +62,8 @@ def airflow_env(tmp_path_factory):
         "MIND_RETRIES": "1",
         "MIND_RETRY_DELAY_S": "1",
         "SPARK_LOCAL_IP": "127.0.0.1",
+        "MIND_TRACKING": "1",  # the daily run's MLflow run, in this module's store
+        "MLFLOW_TRACKING_URI": f"sqlite:///{WORK.root / 'mlflow.db'}",
     }.items():
         mp.setenv(key, value)
     yield WORK
@@ -245,6 +247,26 @@ def test_daily_dag_end_to_end(daily_run, dagbag):
     assert gate["publish"] is True and gate["baseline"] is None
     manifest = json.loads((WORK.data_root / f"index/ds={DS}/manifest.json").read_text())
     assert manifest["n_shards"] == 2 and manifest["model_version"] == cur.model_version
+
+
+@pytest.mark.slow
+def test_daily_run_is_tracked_and_linked_to_the_served_version(daily_run):
+    """The training's MLflow run carries ds, fingerprint, warm start and the gate decision;
+    evaluation.json and current.json name it."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    ev = json.loads((WORK.data_root / f"models/ds={DS}/evaluation.json").read_text())
+    cur = json.loads((WORK.data_root / "current.json").read_text())
+    assert ev["mlflow_run_id"] and cur["mlflow_run_id"] == ev["mlflow_run_id"]
+    run = MlflowClient(f"sqlite:///{WORK.root / 'mlflow.db'}").get_run(ev["mlflow_run_id"])
+    tags = run.data.tags
+    assert tags["mind.ds"] == DS and tags["mind.fingerprint"] == ev["training"]["fingerprint"]
+    assert tags["mind.warm_start_from"] == (ev["training"]["warm_start_from"] or "none")
+    assert tags["mind.gate.publish"] == "true" and tags["mind.gate.reason"] == ev["reason"]
+    assert tags["mind.model_version"] == cur["model_version"]
+    assert tags["mind.published_at"] == cur["published_at"]
+    assert run.data.params["epochs"] == "1" and "loss" in run.data.metrics
 
 
 @pytest.mark.slow
