@@ -4,15 +4,21 @@ Every importer turns its format into tables with the RAW_EVENTS data columns and
 hands them to one `RawEventsWriter`, which splits rows into `ds=` partitions and
 publishes each partition atomically (artefacts.storage.staged_dir).
 
-Nothing is lost silently: lines that cannot become a row (wrong number of fields)
-are counted in `ReadStats` and logged with a sample; fields that cannot be parsed
-become nulls, so the Spark job quarantines those rows with a reason.
+Nothing is lost silently: lines that cannot become a row (wrong number of fields,
+bytes that are not UTF-8) are counted in `ReadStats` and logged with a sample; fields
+that cannot be parsed become nulls, so the Spark job quarantines those rows with a
+reason. A partition that already exists is appended to (its files are kept), unless
+the caller asks to replace it.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
+import os
+import shutil
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -63,6 +69,74 @@ class ReadStats:
             self.malformed_samples.append(where)
 
 
+class Utf8Lines(io.RawIOBase):
+    """A binary file read through a filter: lines that are not valid UTF-8 become empty.
+
+    Each such line is counted in `stats` (with its line number) instead of failing the
+    whole file; empty lines carry no data for the CSV reader, so line numbers stay
+    those of the file. Blocks are decoded whole first (fast C path); only a block
+    that fails is split into lines.
+    """
+
+    def __init__(self, path: Path, stats: "ReadStats", block_size: int = 8 << 20) -> None:
+        super().__init__()
+        self._f = open(path, "rb")
+        self._path, self._stats, self._block = path, stats, block_size
+        self._buf = memoryview(b"")
+        self._line = 1  # number of the first line of the next block
+        self._tail = b""  # an incomplete last line kept for the next block
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+    def _next_block(self) -> bytes:
+        data = self._tail
+        while True:  # up to the last complete line (a line longer than a block: more)
+            more = self._f.read(self._block)
+            data += more
+            cut = data.rfind(b"\n") + 1
+            if cut or not more:
+                break
+        if not more:  # end of file: the last line may lack its newline
+            cut = len(data)
+        if not data:
+            return b""
+        block, self._tail = data[:cut], data[cut:]
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            block = self._clean(block)
+        self._line += block.count(b"\n")
+        return block
+
+    def _clean(self, block: bytes) -> bytes:
+        lines = block.split(b"\n")
+        for k, line in enumerate(lines):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self._stats.add_malformed(f"{self._path}:{self._line + k}: {line[:40]!r} "
+                                          f"(not UTF-8: byte {line[e.start]:#04x} at "
+                                          f"{e.start})")
+                lines[k] = b""
+        return b"\n".join(lines)
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            block = self._next_block()
+            if not block:
+                return 0
+            self._buf = memoryview(block)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
 def require_file(path: Path | str, what: str = "input file") -> Path:
     """Return `path` if it is a readable file; else raise an error naming it."""
     p = Path(path)
@@ -106,13 +180,18 @@ def read_csv_batches(path: Path | str, column_names: list[str], stats: ReadStats
     names = column_names
     if header:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            names = next(csv.reader([f.readline()], delimiter=delimiter), [])
+            try:
+                names = next(csv.reader([f.readline()], delimiter=delimiter), [])
+            except UnicodeDecodeError as e:
+                raise InputFormatError(f"{path}: the header line is not UTF-8 text "
+                                       f"({e.reason} at byte {e.start}); is it a CSV file?"
+                                       ) from None
         missing = [c for c in column_names if c not in names]
         if missing:
             raise InputFormatError(f"{path}: missing column(s) {missing} in header {names}")
 
     def on_invalid(row) -> str:
-        stats.add_malformed(f"{path}:{row.number}: {row.text!r} "
+        stats.add_malformed(f"{path}:{row.number}: {row.text[:60]!r} "
                             f"({row.actual_columns} fields, expected {row.expected_columns})")
         return "skip"
 
@@ -122,16 +201,33 @@ def read_csv_batches(path: Path | str, column_names: list[str], stats: ReadStats
     # Ids stay strings; empty fields become nulls (quarantined downstream, not lost).
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
                                    strings_can_be_null=True, null_values=[""])
+    source = Utf8Lines(path, stats)
     try:
-        reader = pacsv.open_csv(path, read_options=read, parse_options=parse,
-                                convert_options=convert)
-    except pa.ArrowInvalid as e:
-        if "Empty CSV file" not in str(e):
-            raise InputFormatError(f"{path}: {e}") from e
-        log.warning("%s: no data lines", path)
-        return
-    with reader:
-        yield from reader
+        try:
+            reader = pacsv.open_csv(source, read_options=read, parse_options=parse,
+                                    convert_options=convert)
+        except pa.ArrowInvalid as e:
+            if "Empty CSV file" not in str(e):
+                raise InputFormatError(f"{path}: {_first_line(e)}") from None
+            log.warning("%s: no data lines", path)
+            return
+        with reader:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except pa.ArrowInvalid as e:  # e.g. an unterminated quote
+                    raise InputFormatError(f"{path}: {_first_line(e)}") from None
+                yield batch
+    finally:
+        source.close()
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An error message fit for one line (Arrow quotes the offending row, raw bytes too)."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def read_csv_table(path: Path | str, column_names: list[str], stats: ReadStats, *,
@@ -201,16 +297,29 @@ class RawEventsWriter:
     Buffers are flushed as extra part files once they hold `rows_per_part` rows (per
     partition) or `max_buffered` rows (all partitions), so memory stays bounded.
     Partitions are published together on a clean close; on an error none is.
+
+    A partition that already exists is appended to: its files are hard-linked into the
+    staged folder next to the new part files (named by this import's id, so no name is
+    shared), and the folder replaces the old one in one rename — a reader sees the old
+    rows or old + new, never a part. `replace=True` replaces existing partitions
+    instead. Importing the same file twice appends its rows twice; build-sequences
+    removes them as exact duplicates. (Two imports into the same partition at the same
+    time are not supported: the last to publish wins.)
     """
 
     def __init__(self, out_root: Path | str, *, snapshot_ds: str | None = None,
-                 rows_per_part: int = 4 << 20, max_buffered: int = 8 << 20) -> None:
+                 rows_per_part: int = 4 << 20, max_buffered: int = 8 << 20,
+                 replace: bool = False) -> None:
         if snapshot_ds is not None:
             date.fromisoformat(snapshot_ds)  # fail early on a malformed date
         self.out_root = Path(out_root)
         self.snapshot_ds = snapshot_ds
         self.rows_per_part = rows_per_part
         self.max_buffered = max_buffered
+        self.replace = replace
+        self.appended: list[str] = []  # partitions that existed and were appended to
+        self.replaced: list[str] = []  # partitions that existed and were replaced
+        self._run = uuid.uuid4().hex[:8]
         self.rows: dict[str, int] = defaultdict(int)
         self._stack = contextlib.ExitStack()
         self._dirs: dict[str, Path] = {}
@@ -276,7 +385,7 @@ class RawEventsWriter:
         if ds not in self._dirs:
             final = self.out_root / "events" / f"ds={ds}"
             self._dirs[ds] = self._stack.enter_context(staged_dir(final))
-        part = self._dirs[ds] / f"part-{self._parts[ds]:05d}.parquet"
+        part = self._dirs[ds] / f"part-{self._run}-{self._parts[ds]:05d}.parquet"
         self._parts[ds] += 1
         pq.write_table(pa.concat_tables(tables).combine_chunks(), part)
 
@@ -298,23 +407,45 @@ class RawEventsWriter:
                     self._add(latest, t)
             for ds in list(self._buf):
                 self._flush(ds)
+            for ds, staged in self._dirs.items():
+                self._keep_existing(ds, staged)
         except BaseException as e:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         self._stack.close()  # publishes each staged partition
         return dict(sorted(self.rows.items()))
 
+    def _keep_existing(self, ds: str, staged: Path) -> None:
+        """Link the files of an existing partition into its staged folder (append)."""
+        final = self.out_root / "events" / f"ds={ds}"
+        if not final.is_dir():
+            return
+        if self.replace:
+            self.replaced.append(ds)
+            return
+        self.appended.append(ds)
+        for f in final.iterdir():
+            if not f.is_file():
+                continue
+            target = staged / f.name
+            if target.exists():  # never overwrite: a file of this import
+                raise FileExistsError(f"{target}: name clash while appending to {final}")
+            try:
+                os.link(f, target)  # same folder tree: no copy
+            except OSError:
+                shutil.copy2(f, target)
+
 
 def write_raw_events(table: pa.Table, out_root: Path | str, *,
-                     snapshot_ds: str | None = None) -> dict[str, int]:
+                     snapshot_ds: str | None = None, replace: bool = False) -> dict[str, int]:
     """Write one RAW_EVENTS table under `out_root/events/ds=...`; return rows per ds."""
-    return write_raw_batches([table], out_root, snapshot_ds=snapshot_ds)
+    return write_raw_batches([table], out_root, snapshot_ds=snapshot_ds, replace=replace)
 
 
 def write_raw_batches(tables: Iterable[pa.Table], out_root: Path | str, *,
-                      snapshot_ds: str | None = None) -> dict[str, int]:
-    """Stream RAW_EVENTS tables into partitions; return rows per ds."""
-    with RawEventsWriter(out_root, snapshot_ds=snapshot_ds) as w:
+                      snapshot_ds: str | None = None, replace: bool = False) -> dict[str, int]:
+    """Stream RAW_EVENTS tables into partitions (appended to, or replaced); rows per ds."""
+    with RawEventsWriter(out_root, snapshot_ds=snapshot_ds, replace=replace) as w:
         for t in tables:
             w.write(t)
     return w.close()
