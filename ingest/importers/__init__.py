@@ -100,10 +100,15 @@ def import_any(fmt: str, paths: Sequence[Path | str], out: Path | str,
         tables = (t for f in files for t in iter_taobao(f, stats=stats, **options))
     else:
         tables = (t for f in files for t in iter_amazon_ratings(f, stats=stats, **options))
-    with RawEventsWriter(out, snapshot_ds=snapshot_ds, replace=replace) as writer:
-        for t in tables:
-            writer.write(t)
-    rows = writer.close()
+    try:
+        with RawEventsWriter(out, snapshot_ds=snapshot_ds, replace=replace) as writer:
+            for t in tables:
+                writer.write(t)
+        rows = writer.close()
+    except InputFormatError:
+        raise
+    except ValueError as e:  # e.g. no row has a time: name the input, not only the rows
+        raise InputFormatError(f"{', '.join(map(str, files))}: {e}") from None
     report_stats(fmt, stats)
     if not rows:  # nothing was written: say why rather than "0 rows", exit 0
         why = (f"{stats.malformed_lines} malformed line(s), e.g. {stats.malformed_samples[0]}"

@@ -179,13 +179,15 @@ def read_csv_batches(path: Path | str, column_names: list[str], stats: ReadStats
     path = require_file(path)
     names = column_names
     if header:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            try:
-                names = next(csv.reader([f.readline()], delimiter=delimiter), [])
-            except UnicodeDecodeError as e:
-                raise InputFormatError(f"{path}: the header line is not UTF-8 text "
-                                       f"({e.reason} at byte {e.start}); is it a CSV file?"
-                                       ) from None
+        with open(path, "rb") as f:  # the first line only: a bad byte later is one line
+            first = f.readline()
+        try:
+            names = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        except UnicodeDecodeError as e:
+            raise InputFormatError(f"{path}: the header line is not UTF-8 text "
+                                   f"({e.reason} at byte {e.start}); is it a CSV file?") from None
+        except csv.Error as e:  # e.g. a NUL byte
+            raise InputFormatError(f"{path}: unreadable header line ({e})") from None
         missing = [c for c in column_names if c not in names]
         if missing:
             raise InputFormatError(f"{path}: missing column(s) {missing} in header {names}")
