@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = "_tmp-"  # Spark and pyarrow readers skip names starting with _ or .
 OLD_PREFIX = "_old-"
-STALE_AFTER_S = 600.0  # a leftover must be this old (and unlocked) to be removed
+# a leftover must be this old (and unlocked) to be removed; MIND_STALE_AFTER_S overrides
+STALE_AFTER_S = float(os.environ.get("MIND_STALE_AFTER_S", "600"))
 
 
 def publish_dir(staged: Path, final: Path) -> None:
@@ -105,7 +106,7 @@ def write_json(path: Path | str, obj: Any, *, sort_keys: bool = True) -> None:
 
 
 def remove_stale_temporaries(folder: Path | str, *, name: str | None = None,
-                             min_age_s: float = STALE_AFTER_S) -> int:
+                             min_age_s: float | None = None) -> int:
     """Delete leftovers of killed runs (`_tmp-*`, `_old-*`) directly under `folder`.
 
     Only those of output `name` when given (`_tmp-<name>-*`), only folders older than
@@ -117,6 +118,7 @@ def remove_stale_temporaries(folder: Path | str, *, name: str | None = None,
         return 0
     prefixes = (TMP_PREFIX, OLD_PREFIX) if name is None else \
         (f"{TMP_PREFIX}{name}-", f"{OLD_PREFIX}{name}-")
+    min_age_s = STALE_AFTER_S if min_age_s is None else min_age_s
     now, n = time.time(), 0
     for child in folder.iterdir():
         if not child.name.startswith(prefixes) or not child.is_dir():

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -30,10 +31,10 @@ from jobs import embed_users as embed_users_job
 from jobs import publish as publish_job
 from jobs.build_index import IndexConfig, check_resources
 from jobs.validation import InputError
-from mind_model.checkpoint import CheckpointError, load_model, save_checkpoint
+from mind_model.checkpoint import CheckpointError, load_model
 from serving import retrieval
 from serving.retrieval import NoKnownItems, Retriever
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, build_published_root
 
 DS = "2026-11-28"
 PY = sys.executable
@@ -217,28 +218,11 @@ def test_non_utf8_line_in_a_large_file_costs_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(spark, tmp_path_factory):
-    from ingest.sample_data import generate
-    from jobs.build_sequences import PrepConfig
-    from jobs.build_sequences import run as build_sequences
-    from jobs.embed_users import EmbedConfig
-    from jobs.embed_users import run as embed
-    from mind_model.data import load_meta
-    from mind_model.model import MIND
-
     root = tmp_path_factory.mktemp("hostile") / "data"
-    generate(root / "raw", end_ds=DS, days=2, n_events=4_000, seed=5)
-    build_sequences(PrepConfig(data_root=root, ds=DS, lookback_days=2, min_user_count=2,
-                               min_row_groups=2), spark)
-    layout = DataLayout(root)
-    meta = load_meta(layout.sequences(DS))
-    torch.manual_seed(0)
-    model = MIND(meta.model_config(embed_dim=8, n_interests=2, tower_hidden=(16,),
-                                   profile_dim=4))
-    model.set_item_side(torch.from_numpy(meta.item_category), torch.from_numpy(meta.item_brand))
-    save_checkpoint(layout.model_file(DS), model=model.eval(), model_config=model.cfg)
-    embed(EmbedConfig(data_root=root, ds=DS, batch_size=64, partitions=2), spark)
-    build_index_job.run(IndexConfig(data_root=root, ds=DS, n_shards=2, recall_users=50))
-    publish(root, DS)
+    layout, meta, *_ = build_published_root(
+        spark, root, ds=DS, n_events=4_000, seed=5,
+        model_kw=dict(embed_dim=8, n_interests=2, tower_hidden=(16,), profile_dim=4),
+        batch_size=64, partitions=2, n_shards=2, recall_users=50)
     return SimpleNamespace(root=root, layout=layout, meta=meta)
 
 
@@ -459,3 +443,153 @@ def test_stale_staging_folders_are_removed_but_never_a_live_one(tmp_path):
         assert (final / "f").read_text() == "new"
     finally:
         live.kill()
+
+
+# ------------------------------------------------------------------- fault injection
+# A job is started as a real process, killed with SIGKILL (its whole process group: the
+# Spark JVM too) at a seeded random moment, then run again; the rerun's output must
+# equal an uninterrupted run's where the job is deterministic.
+
+KILL_SEEDS = (1, 2)
+
+
+def start_job(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.Popen([PY, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO_ROOT, start_new_session=True)
+
+
+def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL the job's process group after `seconds`; False if it had finished."""
+    import signal
+
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return True
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    no_traceback(out + err)
+    return err
+
+
+def timed_run(args: list[str], env: dict[str, str] | None = None) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    finish(start_job(args, env))
+    return time.perf_counter() - t0
+
+
+def table_rows(folder: Path) -> pd.DataFrame:
+    """A Parquet folder's rows in a canonical order (list columns as tuples)."""
+    df = pd.concat([pd.read_parquet(f) for f in sorted(folder.rglob("*.parquet"))],
+                   ignore_index=True)
+    for c in df.columns:
+        if df[c].dtype == object and len(df) and isinstance(df[c].iloc[0], np.ndarray):
+            df[c] = df[c].map(tuple)
+    return df.sort_values(list(df.columns), ignore_index=True)
+
+
+def same_sequences(a: Path, b: Path) -> None:
+    tables = sorted(p.parent.relative_to(a) for p in a.rglob("*.parquet"))
+    assert tables == sorted(p.parent.relative_to(b) for p in b.rglob("*.parquet"))
+    for t in sorted(set(tables)):
+        pd.testing.assert_frame_equal(table_rows(a / t), table_rows(b / t))
+    sa, sb = (json.loads((x / "stats.json").read_text()) for x in (a, b))
+    sa.pop("seconds"), sb.pop("seconds")
+    assert sa == sb
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_build_sequences_killed_at_random_then_rerun_equals_one_run(tmp_path):
+    from ingest.sample_data import generate
+
+    generate(tmp_path / "ref" / "raw", end_ds=DS, days=2, n_events=4_000, seed=3)
+    args = ["jobs.build_sequences", "--ds", DS, "--lookback-days", "2", "--min-user-count", "2",
+            "--min-row-groups", "2", "--master", "local[2]"]
+    ref = tmp_path / "ref"
+    wall = timed_run([*args[:1], "--data-root", str(ref), *args[1:]])
+    for seed in KILL_SEEDS:
+        import shutil
+
+        root = tmp_path / f"kill{seed}"
+        shutil.copytree(ref / "raw", root / "raw")
+        delay = random.Random(seed).uniform(0.3, 0.95) * wall
+        killed = kill_after(start_job([*args[:1], "--data-root", str(root), *args[1:]]), delay)
+        assert not (root / "sequences" / f"ds={DS}").exists() or not killed  # nothing half-made
+        finish(start_job([*args[:1], "--data-root", str(root), *args[1:]],
+                         env={"MIND_STALE_AFTER_S": "0"}))
+        same_sequences(ref / "sequences" / f"ds={DS}", root / "sequences" / f"ds={DS}")
+        assert not [p for p in (root / "sequences").iterdir() if p.name.startswith("_")]
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_index_job_killed_at_random_then_rerun_equals_one_run(served, tmp_path):
+    import shutil
+
+    args = ["jobs.build_index", "--ds", DS, "--shards", "2", "--recall-users", "50"]
+    ref = tmp_path / "ref"
+    shutil.copytree(served.root, ref, symlinks=True)
+    shutil.rmtree(ref / "index")
+    wall = timed_run([*args[:1], "--data-root", str(ref), *args[1:]])
+
+    def result(root: Path) -> dict:
+        folder = DataLayout(root).index(DS)
+        m = json.loads((folder / "manifest.json").read_text())
+        for key in ("seconds", "config"):
+            m.pop(key)
+        m["recall"].pop("seconds")
+        return {"manifest": m, **{f.name: f.read_bytes() for f in folder.glob("*.faiss")}}
+
+    for seed in KILL_SEEDS:
+        root = tmp_path / f"kill{seed}"
+        shutil.copytree(ref, root, symlinks=True)
+        shutil.rmtree(root / "index")
+        delay = random.Random(seed).uniform(0.3, 0.95) * wall
+        kill_after(start_job([*args[:1], "--data-root", str(root), *args[1:]]), delay)
+        finish(start_job([*args[:1], "--data-root", str(root), *args[1:]],
+                         env={"MIND_STALE_AFTER_S": "0"}))
+        assert result(root) == result(ref)
+        assert not [p for p in (root / "index").iterdir() if p.name.startswith("_")]
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_training_killed_mid_epoch_resumes_from_the_periodic_checkpoint(served, tmp_path):
+    """Finding 8. What can be asserted: the rerun resumes from the step of the last periodic
+    checkpoint (written by time, mid-epoch) and finishes with valid checkpoints. Its weights
+    are NOT compared with an uninterrupted run's: the reader is reseeded by the resume step,
+    so the rest of the epoch is another draw of batches (mind_model.train's docstring)."""
+    import time
+
+    from mind_model.checkpoint import load_checkpoint
+
+    spe, epochs = 400, 2
+    out = tmp_path / "run"
+    args = ["mind_model.train", "--data-dir", str(served.layout.sequences(DS)), "--out-dir",
+            str(out), "--embed-dim", "8", "--tower-hidden", "16", "--profile-dim", "4",
+            "--n-neg", "32", "--batch-size", "16", "--epochs", str(epochs), "--steps-per-epoch",
+            str(spe), "--threads", "1", "--no-progress", "--eval-users", "50",
+            "--no-test-at-end", "--save-every-minutes", "0.005"]  # every 0.3 s
+    proc = start_job(args)
+    t_end = time.time() + 300
+    while not (out / "last.pt").is_file() and proc.poll() is None and time.time() < t_end:
+        time.sleep(0.05)
+    assert kill_after(proc, random.Random(KILL_SEEDS[0]).uniform(0.2, 1.0)), \
+        "training finished before it could be killed: make it longer"
+    saved = int(load_checkpoint(out / "last.pt")["step"])
+    assert 0 < saved < epochs * spe
+    err = finish(start_job(args))
+    assert f"resuming from {out / 'last.pt'} at step {saved} " in err
+    last = load_checkpoint(out / "last.pt")
+    assert last["step"] == epochs * spe and last["epoch"] == epochs
+    load_model(out / "best.pt")  # loads: a complete, valid checkpoint
