@@ -62,13 +62,17 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
 
 
 def assert_main_error(capsys, main, argv: list[str], *names: str) -> str:
-    """The same for an in-process `main(argv)`."""
-    code = main(argv)
+    """The same for an in-process `main(argv)` (argparse's own flag errors: SystemExit(2)
+    after the usage, `prog: error: ...`)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
     out, err = capsys.readouterr()
     no_traceback(out + err)
     assert code == 2, (out[-2000:], err[-2000:])
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: ") and all(n in line for n in names), (names, line)
+    assert "error: " in line and all(n in line for n in names), (names, line)
     return line
 
 
