@@ -126,15 +126,21 @@ class Utf8Lines(io.RawIOBase):
         return b"\n".join(lines)
 
     def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (a whole cleaned block when size < 0), no copy when the
+        reader asks for at least a block (pyarrow asks for its block size)."""
         while not self._buf:
             block = self._next_block()
             if not block:
-                return 0
+                return b""
             self._buf = memoryview(block)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+        n = len(self._buf) if size is None or size < 0 else min(size, len(self._buf))
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out.obj if len(out) == len(out.obj) else out.tobytes()
 
 
 def require_file(path: Path | str, what: str = "input file") -> Path:
@@ -312,8 +318,12 @@ class RawEventsWriter:
     def __init__(self, out_root: Path | str, *, snapshot_ds: str | None = None,
                  rows_per_part: int = 4 << 20, max_buffered: int = 8 << 20,
                  replace: bool = False) -> None:
-        if snapshot_ds is not None:
-            date.fromisoformat(snapshot_ds)  # fail early on a malformed date
+        if snapshot_ds is not None:  # fail early on a malformed date
+            try:
+                date.fromisoformat(snapshot_ds)
+            except ValueError:
+                raise ValueError(f"--snapshot-ds {snapshot_ds!r} is not a date YYYY-MM-DD"
+                                 ) from None
         self.out_root = Path(out_root)
         self.snapshot_ds = snapshot_ds
         self.rows_per_part = rows_per_part
