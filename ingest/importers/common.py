@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import logging
 import os
 import shutil
@@ -41,6 +40,8 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 DAY_US = 86_400_000_000
 BLOCK_SIZE = 64 << 20  # bytes of CSV per streamed batch (~1-2M rows)
 MAX_SAMPLES = 5  # malformed lines kept for the log
+NOT_UTF8 = "\x00not UTF-8"  # stands for a line utf8_blocks set aside (one field: invalid)
+MAX_LINE_BYTES = 64 << 20  # memory bound of the UTF-8 filter on a file without newlines
 
 # Whole seconds, at most 11 digits (before ~year 5100): anything else is unparsable.
 _UNIX_SECONDS = r"^\s*-?\d{1,11}\s*$"
@@ -69,78 +70,48 @@ class ReadStats:
             self.malformed_samples.append(where)
 
 
-class Utf8Lines(io.RawIOBase):
-    """A binary file read through a filter: lines that are not valid UTF-8 become empty.
+def utf8_blocks(path: Path, stats: "ReadStats", block_size: int) -> Iterator[tuple[int, bytes]]:
+    """The file as blocks of whole lines, (number of the block's first line, bytes).
 
-    Each such line is counted in `stats` (with its line number) instead of failing the
-    whole file; empty lines carry no data for the CSV reader, so line numbers stay
-    those of the file. Blocks are decoded whole first (fast C path); only a block
-    that fails is split into lines.
+    A line that is not valid UTF-8 is counted in `stats` (with its line number) and
+    replaced by NOT_UTF8, a one-field line the CSV reader's invalid-row handler skips,
+    instead of failing the whole file. A block is decoded whole first (fast C path);
+    only one that fails is split into lines. A file without newlines is cut every
+    MAX_LINE_BYTES (memory bound).
     """
-
-    def __init__(self, path: Path, stats: "ReadStats", block_size: int = 8 << 20) -> None:
-        super().__init__()
-        self._f = open(path, "rb")
-        self._path, self._stats, self._block = path, stats, block_size
-        self._buf = memoryview(b"")
-        self._line = 1  # number of the first line of the next block
-        self._tail = b""  # an incomplete last line kept for the next block
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-    def _next_block(self) -> bytes:
-        data = self._tail
-        while True:  # up to the last complete line (a line longer than a block: more)
-            more = self._f.read(self._block)
-            data += more
-            cut = data.rfind(b"\n") + 1
-            if cut or not more:
-                break
-        if not more:  # end of file: the last line may lack its newline
-            cut = len(data)
-        if not data:
-            return b""
-        block, self._tail = data[:cut], data[cut:]
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError:
-            block = self._clean(block)
-        self._line += block.count(b"\n")
-        return block
-
-    def _clean(self, block: bytes) -> bytes:
-        lines = block.split(b"\n")
-        for k, line in enumerate(lines):
+    line, tail = 1, b""
+    with open(path, "rb") as f:
+        while True:
+            data, more = tail, b""
+            while True:  # up to the last complete line (a line longer than a block: more)
+                more = f.read(block_size)
+                data += more
+                cut = data.rfind(b"\n") + 1
+                if cut or not more or len(data) >= MAX_LINE_BYTES:
+                    break
+            if not more or cut == 0:  # end of file, or no newline in MAX_LINE_BYTES
+                cut = len(data)
+            if not data:
+                return
+            block, tail = data[:cut], data[cut:]
             try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                self._stats.add_malformed(f"{self._path}:{self._line + k}: {line[:40]!r} "
-                                          f"(not UTF-8: byte {line[e.start]:#04x} at "
-                                          f"{e.start})")
-                lines[k] = b""
-        return b"\n".join(lines)
+                block.isascii() or block.decode("utf-8")  # isascii: no copy, the common case
+            except UnicodeDecodeError:
+                block = _empty_bad_lines(block, line, path, stats)
+            yield line, block
+            line += block.count(b"\n")
 
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
-    def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (a whole cleaned block when size < 0), no copy when the
-        reader asks for at least a block (pyarrow asks for its block size)."""
-        while not self._buf:
-            block = self._next_block()
-            if not block:
-                return b""
-            self._buf = memoryview(block)
-        n = len(self._buf) if size is None or size < 0 else min(size, len(self._buf))
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out.obj if len(out) == len(out.obj) else out.tobytes()
+def _empty_bad_lines(block: bytes, first: int, path: Path, stats: "ReadStats") -> bytes:
+    lines = block.split(b"\n")
+    for k, text in enumerate(lines):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            stats.add_malformed(f"{path}:{first + k}: {text[:40]!r} (not UTF-8: byte "
+                                f"{text[e.start]:#04x} at {e.start})")
+            lines[k] = NOT_UTF8.encode()  # keeps pyarrow's row numbers (it skips empty lines)
+    return b"\n".join(lines)
 
 
 def require_file(path: Path | str, what: str = "input file") -> Path:
@@ -198,38 +169,38 @@ def read_csv_batches(path: Path | str, column_names: list[str], stats: ReadStats
         if missing:
             raise InputFormatError(f"{path}: missing column(s) {missing} in header {names}")
 
+    first_line = 1  # of the block being parsed: pyarrow numbers rows within a block
+
     def on_invalid(row) -> str:
-        stats.add_malformed(f"{path}:{row.number}: {row.text[:60]!r} "
+        if row.text == NOT_UTF8:  # counted by utf8_blocks already
+            return "skip"
+        stats.add_malformed(f"{path}:{first_line + row.number - 1}: {row.text[:60]!r} "
                             f"({row.actual_columns} fields, expected {row.expected_columns})")
         return "skip"
 
-    read = pacsv.ReadOptions(column_names=names, skip_rows=int(header),
-                             block_size=block_size, use_threads=False)
     parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     # Ids stay strings; empty fields become nulls (quarantined downstream, not lost).
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
                                    strings_can_be_null=True, null_values=[""])
-    source = Utf8Lines(path, stats)
-    try:
+    # Each block of whole lines is parsed from memory: pyarrow never reads a Python file
+    # object (its read-ahead thread on one aborts the interpreter after an error).
+    empty = True
+    for first_line, block in utf8_blocks(path, stats, block_size):
+        skip = int(header and first_line == 1)
+        read = pacsv.ReadOptions(column_names=names, skip_rows=skip,
+                                 block_size=len(block) + 1, use_threads=False)
         try:
-            reader = pacsv.open_csv(source, read_options=read, parse_options=parse,
-                                    convert_options=convert)
+            table = pacsv.read_csv(pa.BufferReader(block), read_options=read,
+                                   parse_options=parse, convert_options=convert)
         except pa.ArrowInvalid as e:
-            if "Empty CSV file" not in str(e):
-                raise InputFormatError(f"{path}: {_first_line(e)}") from None
-            log.warning("%s: no data lines", path)
-            return
-        with reader:
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                except pa.ArrowInvalid as e:  # e.g. an unterminated quote
-                    raise InputFormatError(f"{path}: {_first_line(e)}") from None
-                yield batch
-    finally:
-        source.close()
+            if "Empty CSV file" in str(e):
+                continue
+            raise InputFormatError(f"{path} (lines from {first_line}): {_first_line(e)}"
+                                   ) from None
+        empty = empty and table.num_rows == 0
+        yield from table.to_batches()
+    if empty:
+        log.warning("%s: no data lines", path)
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
