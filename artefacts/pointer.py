@@ -52,7 +52,7 @@ class CorruptPointer(ValueError):
 
 
 BACKUP = "current.backup.json"
-REQUIRED = ("ds", "model_version", *ARTEFACTS)
+REQUIRED = ("ds", "model_version", "model")  # the rest is checked when used (Pointer.path)
 
 
 def model_version(model_path: Path | str) -> str:
@@ -90,6 +90,10 @@ class Pointer:
     def path(self, artefact: str) -> Path:
         if artefact not in ARTEFACTS:
             raise KeyError(f"unknown artefact {artefact!r}; one of {ARTEFACTS}")
+        if not isinstance(self.data.get(artefact), str):
+            raise CorruptPointer(f"the pointer of ds={self.data.get('ds')} under {self.root} "
+                                 f"names no {artefact}: republish (python -m jobs.publish "
+                                 f"--ds DS)")
         return self.root / self.data[artefact]
 
     @property
