@@ -25,7 +25,13 @@ CURRENT = "current.json"
 
 
 def check_ds(ds: str) -> str:
-    dt.date.fromisoformat(ds)  # raises ValueError on a malformed date
+    """`ds` if it is a date YYYY-MM-DD; else ValueError naming it (and the --ds flag)."""
+    try:
+        if len(ds) != 10:
+            raise ValueError("expected YYYY-MM-DD")
+        dt.date.fromisoformat(ds)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--ds {ds!r} is not a date YYYY-MM-DD ({e})") from None
     return ds
 
 

@@ -16,6 +16,11 @@ a reader sees the old version or the new one, never a mix. The previous pointer 
 kept inside the new one; `rollback` swaps them back (a second rollback rolls
 forward again). Artefact folders are never deleted here.
 
+Every switch also writes the same pointer to `current.backup.json` (never read by
+serving). A current.json that cannot be parsed (truncated, edited by hand) raises
+CorruptPointer naming it; `publish` and `rollback` then repair it from the backup, so
+the previous version is not forgotten.
+
 The command line is `python -m jobs.publish` (a step of the pipeline); this module is the
 library every reader and writer of the pointer shares.
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artefacts.layout import MANIFEST, DataLayout
+from artefacts.layout import CURRENT, MANIFEST, DataLayout
 from artefacts.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,14 @@ class PublishError(RuntimeError):
 
 class NoCurrentVersion(FileNotFoundError):
     """Nothing has been published under this data root yet."""
+
+
+class CorruptPointer(ValueError):
+    """current.json exists but is not a valid pointer (names the file and the repair)."""
+
+
+BACKUP = "current.backup.json"
+REQUIRED = ("ds", "model_version", "model")  # the rest is checked when used (Pointer.path)
 
 
 def model_version(model_path: Path | str) -> str:
@@ -80,6 +93,10 @@ class Pointer:
     def path(self, artefact: str) -> Path:
         if artefact not in ARTEFACTS:
             raise KeyError(f"unknown artefact {artefact!r}; one of {ARTEFACTS}")
+        if not isinstance(self.data.get(artefact), str):
+            raise CorruptPointer(f"the pointer of ds={self.data.get('ds')} under {self.root} "
+                                 f"names no {artefact}: republish (python -m jobs.publish "
+                                 f"--ds DS)")
         return self.root / self.data[artefact]
 
     @property
@@ -88,15 +105,49 @@ class Pointer:
         return Pointer(self.root, prev) if prev else None
 
 
+def _parse(path: Path) -> dict[str, Any]:
+    """A pointer file's dict; CorruptPointer if it is not one (FileNotFoundError passes)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptPointer(f"{path} is not valid JSON ({e}): repair it with `python -m "
+                             f"jobs.publish --data-root {path.parent} --ds DS` or "
+                             f"`--rollback`") from None
+    missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise CorruptPointer(f"{path} lacks {missing}: repair it with `python -m jobs.publish "
+                             f"--data-root {path.parent} --ds DS` or `--rollback`")
+    return data
+
+
 def read_current(root: Path | str) -> Pointer:
-    """The served version under `root`; raises NoCurrentVersion if none was published."""
+    """The served version under `root`; raises NoCurrentVersion if none was published and
+    CorruptPointer if current.json cannot be parsed."""
     layout = DataLayout(Path(root))
     try:
-        data = json.loads(layout.current.read_text())
+        data = _parse(layout.current)
     except FileNotFoundError:
         raise NoCurrentVersion(f"no published version under {layout.root} ({layout.current} "
                                f"missing): run the pipeline and `python -m jobs.publish`") from None
     return Pointer(layout.root, data)
+
+
+def _current_or_backup(root: Path) -> dict[str, Any] | None:
+    """The current pointer's data; from the backup when current.json is corrupt; None if
+    nothing was published (or neither file can be read: the history is lost)."""
+    try:
+        return read_current(root).data
+    except NoCurrentVersion:
+        return None
+    except CorruptPointer as e:
+        try:
+            data = _parse(root / BACKUP)
+        except (FileNotFoundError, CorruptPointer):
+            log.warning("%s; no usable %s either: the new pointer records no previous "
+                        "version", e, BACKUP)
+            return None
+        log.warning("%s; using %s (ds=%s) in its place", e, BACKUP, data["ds"])
+        return data
 
 
 def version_pointer(root: Path | str, ds: str) -> dict[str, Any]:
@@ -151,6 +202,7 @@ def _replace_current(root: Path, new: dict[str, Any], previous: dict[str, Any] |
     data = {**_strip(new), "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "previous": _strip(previous)}
     write_json(layout.current, data)  # temporary file + os.replace: the one atomic step
+    write_json(layout.root / BACKUP, data)  # what a corrupt current.json is repaired from
     return Pointer(layout.root, data)
 
 
@@ -158,11 +210,10 @@ def publish(root: Path | str, ds: str) -> Pointer:
     """Make the model + index + user vectors of `ds` current, in one atomic step."""
     root = Path(root)
     new = version_pointer(root, ds)
-    try:
-        old = read_current(root).data
-    except NoCurrentVersion:
-        old = None
+    old = _current_or_backup(root)
     if old is not None and all(old.get(k) == new[k] for k in ("ds", "model_version", *ARTEFACTS)):
+        if not _readable(root):  # a corrupt current.json: restored from its backup
+            write_json(DataLayout(root).current, old)
         # republishing the served version must not overwrite the real previous one
         log.info("ds=%s (model %s) is already current", ds, new["model_version"])
         return Pointer(root, old)
@@ -172,10 +223,22 @@ def publish(root: Path | str, ds: str) -> Pointer:
     return pointer
 
 
+def _readable(root: Path) -> bool:
+    try:
+        read_current(root)
+        return True
+    except CorruptPointer:
+        return False
+
+
 def rollback(root: Path | str) -> Pointer:
     """Make the previous version current again (its artefacts are re-checked first)."""
     root = Path(root)
-    current = read_current(root)
+    data = _current_or_backup(root)
+    if data is None:
+        raise PublishError(f"nothing to roll back under {root}: no readable {CURRENT} or "
+                           f"{BACKUP}; publish a ds (python -m jobs.publish --ds DS)")
+    current = Pointer(root, data)
     prev = current.data.get("previous")
     if not prev:
         raise PublishError(f"no previous version recorded in {DataLayout(root).current}")

@@ -5,14 +5,24 @@ renames it into place only when complete, so a failed run leaves nothing a
 reader could mistake for output and a rerun replaces the previous output whole.
 The data root is a POSIX path (local disk or a shared mount); rename within one
 folder is atomic there.
+
+Leftovers of killed runs (`_tmp-*` staging folders, `_old-*` folders being deleted)
+are removed when the next run stages the same output (`staged_dir`), or by
+`remove_stale_temporaries`. A staging folder in use is never removed: its writer holds
+an exclusive flock on it for as long as it lives (the kernel drops the lock when the
+process dies, kill -9 included), and a folder must also be older than
+`STALE_AFTER_S` — a guard for writers on another host of a shared mount, where locks
+may not be seen.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +31,8 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = "_tmp-"  # Spark and pyarrow readers skip names starting with _ or .
 OLD_PREFIX = "_old-"
+# a leftover must be this old (and unlocked) to be removed; MIND_STALE_AFTER_S overrides
+STALE_AFTER_S = float(os.environ.get("MIND_STALE_AFTER_S", "600"))
 
 
 def publish_dir(staged: Path, final: Path) -> None:
@@ -48,14 +60,20 @@ def staged_dir(final: Path | str) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent, name=final.name)  # a killed run's leftovers
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
+    lock = os.open(tmp, os.O_RDONLY)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, final)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "in use": remove_stale_temporaries skips it
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish_dir(tmp, final)
+    finally:
+        os.close(lock)
 
 
 @contextlib.contextmanager
@@ -87,16 +105,42 @@ def write_json(path: Path | str, obj: Any, *, sort_keys: bool = True) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
-def remove_stale_temporaries(folder: Path | str) -> int:
-    """Delete leftovers of crashed runs (`_tmp-*`, `_old-*`) directly under `folder`."""
+def remove_stale_temporaries(folder: Path | str, *, name: str | None = None,
+                             min_age_s: float | None = None) -> int:
+    """Delete leftovers of killed runs (`_tmp-*`, `_old-*`) directly under `folder`.
+
+    Only those of output `name` when given (`_tmp-<name>-*`), only folders older than
+    `min_age_s` (by modification time) and never one whose writer is alive (it holds
+    a flock on it, see staged_dir). Returns the number removed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    n = 0
+    prefixes = (TMP_PREFIX, OLD_PREFIX) if name is None else \
+        (f"{TMP_PREFIX}{name}-", f"{OLD_PREFIX}{name}-")
+    min_age_s = STALE_AFTER_S if min_age_s is None else min_age_s
+    now, n = time.time(), 0
     for child in folder.iterdir():
-        if child.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-            shutil.rmtree(child, ignore_errors=True)
-            n += 1
-    if n:
-        log.info("removed %d stale temporary folder(s) under %s", n, folder)
+        if not child.name.startswith(prefixes) or not child.is_dir():
+            continue
+        try:
+            if now - child.stat().st_mtime < min_age_s or _in_use(child):
+                continue
+        except FileNotFoundError:  # removed or published meanwhile
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        log.info("removed %s, left by a run that did not finish", child)
+        n += 1
     return n
+
+
+def _in_use(folder: Path) -> bool:
+    """Does a live process hold the staging lock on `folder`?"""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from artefacts.cli import run_main
 from artefacts.storage import write_json, write_text
 from experiments import track
 from experiments.compare import BASELINE_ORDER, METHOD_NAMES, REFERENCE, VARIANT_ORDER
@@ -198,6 +199,10 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path,
                    help="compare output folders (or compare.json files)")

@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from artefacts.cli import run_main
 from artefacts.storage import write_json, write_text
 from experiments import baseline_grid, track
 from experiments import breakdown as bd
@@ -398,6 +399,10 @@ def report_markdown(result: Mapping[str, Any], seq_dir: Path, n_users: int) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.compare",
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

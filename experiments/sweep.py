@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from artefacts.cli import run_main
 from artefacts.storage import atomic_path, write_json
 from experiments import track
 from experiments.overrides import parse_overrides
@@ -154,6 +155,10 @@ def sweep(seq_dir: Path | str, out_dir: Path | str, param: str, values: Sequence
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.sweep",
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from artefacts.cli import run_main
 from artefacts.storage import write_json, write_text
 from experiments.overrides import parse_overrides
 
@@ -174,6 +175,10 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.tune",
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

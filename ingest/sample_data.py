@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from artefacts.cli import run_main
 from artefacts.storage import staged_dir, write_json
 from schemas.tables import BEHAVIORS, RAW_EVENTS, USER_PROFILES
 
@@ -428,6 +429,10 @@ def _write_truth(folder: Path, users: Users, cat: Catalogue) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True,
                    help="output root (events/, profiles/, truth/)")

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import psutil
 
 from artefacts import index as ix
+from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import read_manifest
 from artefacts.storage import staged_dir, write_json
@@ -63,10 +65,43 @@ class IndexConfig:
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
         DataLayout(self.data_root).index(self.ds)  # validates ds
-        if self.n_shards < 1 or self.recall_n < 1 or self.recall_users < 1:
-            raise ValueError("n_shards, recall_n and recall_users must be >= 1")
+        for flag, value in (("--shards", self.n_shards), ("--recall-n", self.recall_n),
+                            ("--recall-users", self.recall_users)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
         if not 0.0 <= self.recall_threshold <= 1.0:
-            raise ValueError("recall_threshold must lie in [0, 1]")
+            raise ValueError(f"--recall-threshold must lie in [0, 1], got {self.recall_threshold}")
+        for flag, value in (("--nprobe", self.nprobe), ("--max-nprobe", self.max_nprobe),
+                            ("--train-size", self.train_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
+# Bytes per (query, result) pair of one shard's answer: float32 score + int64 id.
+RESULT_BYTES = 12
+
+
+def check_resources(cfg: IndexConfig, n_items: int, n_queries: int, k: int,
+                    available: int | None = None) -> None:
+    """Refuse, before any work, settings the catalogue or the machine cannot hold.
+
+    Every shard holds at least one item. The recall gate searches all shards at once:
+    faiss.IndexShards keeps each shard's (queries, k) answers before merging them, so it
+    needs about shards x queries x k x 12 bytes; that must fit in half the memory
+    available now (`available`, bytes; default psutil's).
+    """
+    if cfg.n_shards > n_items:
+        raise ValueError(f"--shards {cfg.n_shards} is more than the {n_items:,} items of the "
+                         f"catalogue: every shard needs items (a few shards per GPU is the "
+                         f"useful range)")
+    need = cfg.n_shards * n_queries * k * RESULT_BYTES
+    available = psutil.virtual_memory().available if available is None else available
+    if need > available // 2:
+        raise ValueError(
+            f"--shards {cfg.n_shards} with --recall-users {cfg.recall_users} ({n_queries:,} "
+            f"interest vectors) and recall@{k} needs about {need / 2**30:.1f} GiB for the "
+            f"recall gate, more than half of the {available / 2**30:.1f} GiB available: "
+            f"use fewer --shards or --recall-users")
 
 
 def run(cfg: IndexConfig) -> dict[str, Any]:
@@ -87,6 +122,8 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
     if not len(users):
         raise ValueError(f"{emb_dir / 'users'} holds no users: the recall gate needs some")
 
+    check_resources(cfg, n_items, sum(len(v) for v in users.vectors),
+                    min(cfg.recall_n, n_items))
     factory = cfg.factory or ix.choose_factory(n_items, exact_below=cfg.exact_below)
     log.info("[2/4] building %s over %d items (d=%d) in %d shard(s)", factory, n_items, dim,
              cfg.n_shards)
@@ -153,16 +190,17 @@ def parse_args(argv: list[str] | None = None) -> IndexConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = parse_args(argv)
     try:
         m = run(cfg)
-    except QualityGateError as e:
+    except QualityGateError as e:  # a failed gate is not bad input: its own status
         log.error("%s", e)
         return 3
-    except (FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
     print(f"ds={cfg.ds}: {m['factory']} over {m['items']:,} items, {m['n_shards']} shard(s), "
           f"{m['bytes'] / 2**20:.1f} MiB, recall@{m['recall']['n']} = {m['recall']['value']} "
           f"{m['search_params']} -> {DataLayout(cfg.data_root).index(cfg.ds)}")

@@ -32,10 +32,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from artefacts.cli import run_main
+from artefacts.layout import check_ds
 from artefacts.storage import staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
-from jobs.validation import InputError, check_schema
+from jobs.validation import InputError, check_files_agree, check_schema
 from schemas import (
     BEHAVIORS,
     EVAL_SAMPLES,
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 EVENT_COLUMNS = RAW_EVENTS.data_names  # user_id ... event_time
 SPLITS = ("train", "valid", "test")
 RARE_ITEMS = ("keep", "drop")
+MAX_LOOKBACK_DAYS = 3660  # one Spark read per day of the window: bounded
 
 
 @dataclass
@@ -87,11 +90,22 @@ class PrepConfig:
 
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
-        dt.date.fromisoformat(self.ds)  # raises on a malformed date
-        if self.lookback_days < 1 or self.max_len < 1:
-            raise ValueError("lookback_days and max_len must be >= 1")
+        check_ds(self.ds)  # ValueError naming --ds
+        for flag, value in (("--lookback-days", self.lookback_days), ("--max-len", self.max_len),
+                            ("--filter-rounds", self.filter_rounds),
+                            ("--split-buckets", self.split_buckets),
+                            ("--min-row-groups", self.min_row_groups),
+                            ("--rows-per-file", self.rows_per_file)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if min(self.min_item_count, self.min_user_count) < 0:
+            raise ValueError("--min-item-count and --min-user-count must be >= 0")
+        if self.lookback_days > MAX_LOOKBACK_DAYS:
+            raise ValueError(f"--lookback-days {self.lookback_days} is more than "
+                             f"{MAX_LOOKBACK_DAYS} (ten years of daily partitions)")
         if not 0 <= self.valid_buckets < self.split_buckets - 1:
-            raise ValueError("valid_buckets must leave at least one training bucket")
+            raise ValueError(f"--valid-buckets {self.valid_buckets} must be >= 0 and leave at "
+                             f"least one training bucket of --split-buckets {self.split_buckets}")
         if self.rare_items not in RARE_ITEMS:
             raise ValueError(f"rare_items must be one of {RARE_ITEMS}, got {self.rare_items!r}")
 
@@ -134,6 +148,7 @@ def read_raw_events(spark: SparkSession, cfg: PrepConfig) -> tuple[DataFrame, li
         if not path.is_dir():
             missing.append(day)
             continue
+        check_files_agree(path, EVENT_COLUMNS)
         try:
             df = spark.read.parquet(str(path))
         except Exception as e:  # an empty folder or unreadable files
@@ -596,13 +611,13 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, expected=(InputError,))
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = parse_args(argv)
-    try:
-        stats = run(cfg)
-    except InputError as e:
-        log.error("%s", e)
-        return 2
+    stats = run(cfg)
     c = stats["counts"]
     print(f"ds={cfg.ds}: input {c['input']:,} = kept {c['kept']:,} + quarantined "
           f"{c['quarantined']:,} + duplicates {c['duplicates']:,} + filtered {c['filtered']:,}")

@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import model_version
 from artefacts.storage import staged_dir, write_json
@@ -66,9 +68,10 @@ class EmbedConfig:
         self.data_root = Path(self.data_root)
         self.layout.sequences(self.ds)  # validates ds
         if self.batch_size < 1 or self.users_per_partition < 1:
-            raise ValueError("batch_size and users_per_partition must be >= 1")
+            raise ValueError(f"--batch-size ({self.batch_size}) and --users-per-partition "
+                             f"({self.users_per_partition}) must be >= 1")
         if self.partitions is not None and self.partitions < 1:
-            raise ValueError("partitions must be >= 1")
+            raise ValueError(f"--partitions must be >= 1, got {self.partitions}")
 
     @property
     def layout(self) -> DataLayout:
@@ -265,6 +268,7 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
                          f"ds={cfg.ds} first")
     version = model_version(model_file)
     model = load_for_catalogue(model_file, seq_dir)  # fails here, before executors, if unreadable
+    check_batch_memory(cfg.batch_size, model.cfg)
     spark = spark or start_spark("mind-embed-users", cfg.master, cfg.spark_conf)
     # Arrow batches arrive with at most batch_size rows (a runtime SQL setting)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
@@ -318,6 +322,22 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     return manifest
 
 
+def check_batch_memory(batch_size: int, mcfg, available: int | None = None) -> None:
+    """Refuse a --batch-size whose forward pass would not fit in this machine's memory.
+
+    One pass holds about batch x L x d floats per behaviour embedding and per routing
+    copy of each of the K interests (x2 for the routing temporaries): an estimate, with
+    half the available memory as the limit (the Python workers of Spark run on it too).
+    """
+    need = batch_size * mcfg.max_len * mcfg.embed_dim * 4 * (mcfg.n_interests + 2) * 2
+    available = psutil.virtual_memory().available if available is None else available
+    if need > available // 2:
+        raise ValueError(f"--batch-size {batch_size} needs about {need / 2**30:.1f} GiB per "
+                         f"forward pass (L={mcfg.max_len}, d={mcfg.embed_dim}, "
+                         f"K={mcfg.n_interests}), more than half of the "
+                         f"{available / 2**30:.1f} GiB available: use a smaller --batch-size")
+
+
 def parse_args(argv: list[str] | None = None) -> EmbedConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -335,13 +355,13 @@ def parse_args(argv: list[str] | None = None) -> EmbedConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = parse_args(argv)
-    try:
-        m = run(cfg)
-    except InputError as e:
-        log.error("%s", e)
-        return 2
+    m = run(cfg)
     print(f"ds={cfg.ds}: {m['users']:,} users -> {m['vectors']:,} interest vectors "
           f"{m['users_by_n_interests']}, {m['items']:,} item embeddings, model "
           f"{m['model_version']}, {m['users_per_second']:,.0f} users/s "

@@ -14,12 +14,17 @@ import logging
 import sys
 from pathlib import Path
 
-from artefacts.pointer import NoCurrentVersion, PublishError, publish, read_current, rollback
+from artefacts.cli import run_main
+from artefacts.pointer import PublishError, publish, read_current, rollback
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, expected=(PublishError,))
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="Switch the served version (current.json)")
     p.add_argument("--data-root", required=True, type=Path)
     g = p.add_mutually_exclusive_group(required=True)
@@ -28,16 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--show", action="store_true", help="print the current pointer")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        if a.show:
-            pointer = read_current(a.data_root)
-        elif a.rollback:
-            pointer = rollback(a.data_root)
-        else:
-            pointer = publish(a.data_root, a.ds)
-    except (PublishError, NoCurrentVersion, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    if a.show:
+        pointer = read_current(a.data_root)
+    elif a.rollback:
+        pointer = rollback(a.data_root)
+    else:
+        pointer = publish(a.data_root, a.ds)
     print(json.dumps(pointer.data, indent=2))
     return 0
 

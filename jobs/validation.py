@@ -1,12 +1,17 @@
 """Input checks that stop a job with a message naming the file and the column."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import types as T
 
+from artefacts.cli import ExpectedError
 from schemas import Table
 
 
-class InputError(RuntimeError):
+class InputError(ExpectedError):
     """Missing input or wrong schema: the job stops, nothing is written."""
 
 
@@ -42,3 +47,29 @@ def check_schema(actual: T.StructType, table: Table, path: str) -> list[str]:
                 f"{path}: column '{col.name}' of table {table.name} has type "
                 f"{found[col.name].simpleString()}, expected {col.dtype}")
     return sorted(set(found) - set(table.names))
+
+
+def check_files_agree(folder: Path | str, columns: list[str]) -> None:
+    """Raise InputError naming two files of `folder` whose types of a column differ.
+
+    Spark reads a folder's schema from one file and fails mid-job (a long Java stack)
+    on a file that disagrees; this reads only the footers, on the driver, first. A
+    file that is not Parquet is named too.
+    """
+    first: dict[str, tuple[pa.DataType, Path]] = {}
+    for f in sorted(Path(folder).rglob("*")):
+        if not f.is_file() or f.name.startswith(("_", ".")):
+            continue
+        try:
+            schema = pq.read_schema(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{f}: not a readable Parquet file ({e})") from None
+        for name in columns:
+            if name not in schema.names:
+                continue  # check_schema reports a missing column
+            t = schema.field(name).type
+            seen = first.setdefault(name, (t, f))
+            if seen[0] != t:
+                raise InputError(f"{folder}: column '{name}' is {seen[0]} in {seen[1].name} "
+                                 f"but {t} in {f.name}: rewrite one of the files with the "
+                                 f"other's type")

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from artefacts.cli import run_main
 from mind_model.evaluate import Batch, candidate_ids
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,10 @@ def build(name: str, n_items: int, candidates: np.ndarray | None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: Sequence[str]) -> int:
     from mind_model.data import load_meta, read_eval, read_train
     from mind_model.evaluate import evaluate, evaluate_comirec
 

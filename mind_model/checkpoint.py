@@ -91,9 +91,32 @@ def save_checkpoint(path: Path | str, *, model: nn.Module, model_config: ModelCo
     return path
 
 
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint of this project (names the file)."""
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The checkpoint dict, loaded on CPU with weights_only=True (no arbitrary unpickling)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The checkpoint dict, loaded on CPU with weights_only=True (no arbitrary unpickling).
+
+    A missing file raises FileNotFoundError, a file that does not load (truncated, not a
+    checkpoint, or holding objects other than tensors and plain values) CheckpointError;
+    both name the file. PyTorch's own message is not passed on: it suggests
+    weights_only=False, which would run whatever code the file holds.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint ({type(e).__name__}: it is truncated, not "
+            f"written by this project, or holds objects other than tensors and plain "
+            f"values, which are never unpickled); retrain or point to another file") from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: loads, but is not a checkpoint of this project "
+                              f"(no model_config/model)")
+    return ckpt
 
 
 def same_model(ckpt: Mapping[str, Any], cfg: ModelConfig) -> bool:

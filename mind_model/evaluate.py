@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from artefacts.cli import run_main
 from mind_model.data import DatasetMeta, read_eval
 from mind_model.inference import fit_catalogue, model_inputs
 from mind_model.metrics import COMIREC_NS, HR_NS, hits_at, recall_hr_at, topn_multi_interest
@@ -260,6 +261,10 @@ class HeldOutSample:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # expected failures: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         description="HitRate@N (paper) and Recall/HR@N (ComiRec) of a checkpoint")
     p.add_argument("--model", type=Path, required=True, help="checkpoint written by training")

@@ -28,6 +28,12 @@ Design points:
   and step counts), step, epoch, best and history are restored and training
   continues from that step. Otherwise `warm_start_from` (yesterday's checkpoint)
   initialises the parameters, growing the embedding tables for new ids.
+- Periodic checkpoints: rank 0 also writes last.pt (atomically) every
+  `save_every_minutes` (default 10) and/or `save_every_steps`, so a kill -9 mid-epoch
+  loses at most that much. A resume mid-epoch continues the epoch from the saved step
+  to its end; the reader is an endless shuffled stream reseeded by the step, so the
+  rest of that epoch is a fresh draw of batches, not the exact unseen remainder (an
+  epoch is a number of steps, see above).
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from artefacts.cli import run_main
 from artefacts.storage import write_json
 from mind_model.checkpoint import (
     load_checkpoint,
@@ -119,6 +126,7 @@ class TrainConfig(ModelSettings):
     warm_start_from: str | None = None  # previous day's checkpoint; ignored when resuming
     resume: bool = True  # continue from out_dir/last.pt if it exists
     save_every_steps: int = 0  # also write last.pt every N steps (0 = at epoch ends only)
+    save_every_minutes: float = 10.0  # also write last.pt when this long since the last (0 = off)
     # --- runtime
     log_every: int = 50  # steps between progress updates / log lines
     threads: int | None = None  # torch threads/process; None = OMP_NUM_THREADS or CPUs / nproc - 1
@@ -141,6 +149,8 @@ class TrainConfig(ModelSettings):
             raise ValueError("batch_size >= 1, epochs >= 0 and lr > 0 are required")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError("steps_per_epoch must be >= 1 (or None)")
+        if self.save_every_steps < 0 or self.save_every_minutes < 0:
+            raise ValueError("save_every_steps and save_every_minutes must be >= 0")
         if self.routing_lr_scale < 0:
             raise ValueError("routing_lr_scale must be >= 0")
         if self.eval_split not in ("valid", "test"):
@@ -281,6 +291,7 @@ class Run:
         self.optimizer = torch.optim.Adam(param_groups(self.step_module, cfg), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
         self.state, self.resumed_from = self._restore()
+        self.last_saved = time.monotonic()  # periodic checkpoints count from here
         self.start_step = self.state.step
         self.bad_epochs = self.state.bad_epochs()
         self.optimizer_params = optimizer_param_names(self.optimizer, self.step_module)
@@ -347,6 +358,8 @@ class Run:
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         step = self.state.step
+        if path == self.last_path:
+            self.last_saved = time.monotonic()
         save_checkpoint(path, model=self.model, model_config=self.mcfg,
                         train_config=self.cfg.to_dict(),
                         optimizer=self.optimizer if with_optimizer else None,
@@ -385,12 +398,18 @@ class Run:
                 if (not d.active or step % cfg.log_every == 0) and d.any(stop_flag.set,
                                                                           self.device):
                     return stats, True
-                if d.main and cfg.save_every_steps and step % cfg.save_every_steps == 0 \
-                        and step < epoch_end:
-                    self.save(self.last_path)
+                if d.main and step < epoch_end and self._periodic_save_due(step):
+                    self.save(self.last_path)  # rank 0 only; the others need not wait
             return stats, False
         finally:
             stats.train_s = time.perf_counter() - t0
+
+    def _periodic_save_due(self, step: int) -> bool:
+        cfg = self.cfg
+        by_steps = bool(cfg.save_every_steps) and step % cfg.save_every_steps == 0
+        by_time = bool(cfg.save_every_minutes) and \
+            time.monotonic() - self.last_saved >= cfg.save_every_minutes * 60
+        return by_steps or by_time
 
     def _log_step(self, stats: EpochStats, loss: Tensor, elapsed: float, bar) -> None:
         rate = stats.steps * self.samples_per_step / elapsed
@@ -609,6 +628,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)  # bad flags, data, checkpoints: one line, exit 2
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,

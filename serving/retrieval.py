@@ -13,7 +13,9 @@ among the user's active vectors), the list is sorted by (score desc, item idx as
 and cut to n. Items already seen are excluded by default: for a stored user, the
 items of their latest behaviour sequence (the last L); for a list of items, those
 items. Raw ids are mapped through the vocabularies of the published ds; unknown
-ids become 1 = unknown, which is never retrieved.
+ids become 1 = unknown, which is never retrieved. A list with no known item at all
+(empty, or only ids the published version has never seen) raises NoKnownItems (a
+ValueError: a service maps it to a 4xx) rather than answering from nothing.
 
 All artefacts are opened through one read of the pointer, and their model versions
 are checked against it, so a Retriever never mixes two versions; it keeps serving
@@ -43,7 +45,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from artefacts import index as ix
-from artefacts.pointer import NoCurrentVersion, Pointer, read_current, read_manifest
+from artefacts.cli import run_main
+from artefacts.pointer import ARTEFACTS, Pointer, read_current, read_manifest
 from artefacts.vectors import UserVectors, read_user_vectors
 from schemas import LATEST_SEQUENCES, PROFILE_FIELDS, UNK_IDX, VOCAB
 
@@ -59,6 +62,14 @@ class UnknownUserError(KeyError):
 
 class StaleVersionError(RuntimeError):
     """An artefact under the pointer was rebuilt by another model since it was published."""
+
+
+class NoKnownItems(ValueError):
+    """recommend_items got no item the published version knows: nothing to go on."""
+
+
+class MissingArtefact(FileNotFoundError):
+    """current.json names an artefact that is not on disk."""
 
 
 @dataclass
@@ -103,6 +114,12 @@ class Retriever:
                  gpu: bool | None = None, preload_users: bool = False, mmap: bool = False):
         self.pointer = pointer or read_current(root)
         p = self.pointer
+        for name in ARTEFACTS:
+            if not p.path(name).exists():
+                raise MissingArtefact(
+                    f"the published version (ds={p.ds}) names {name} {p.path(name)}, which is "
+                    f"missing: rebuild it, or publish/roll back to a complete version "
+                    f"(python -m jobs.publish --ds DS | --rollback)")
         self.manifest = read_manifest(p.path("index"))
         emb_manifest = read_manifest(p.path("user_vectors").parent)
         for what, m in (("index", self.manifest), ("embeddings", emb_manifest)):
@@ -222,6 +239,11 @@ class Retriever:
             raise ValueError(f"unknown profile field(s) {sorted(unknown)}; "
                              f"known: {list(PROFILE_FIELDS)}")
         idx = self.item_idx(item_ids)
+        if not (idx > UNK_IDX).any():
+            raise NoKnownItems(
+                f"none of the {len(idx)} item id(s) given is known to the published version "
+                f"(ds={self.pointer.ds}): {_sample(item_ids)}" if len(idx) else
+                "no item id given: recommendations from items need at least one known item")
         hist, hist_len = pad_history(idx, self.model.cfg.max_len)
         prof = {f: np.array([self.vocab(f)[0].get(str(v), UNK_IDX)])
                 for f, v in (profile or {}).items() if v is not None}
@@ -252,6 +274,11 @@ class Retriever:
 # --------------------------------------------------------------------------------- CLI
 
 
+def _sample(ids: Sequence[str], k: int = 5) -> str:
+    shown = ", ".join(repr(str(i)) for i in list(ids)[:k])
+    return shown + (" ..." if len(ids) > k else "")
+
+
 def _profile(text: str | None) -> dict[str, str]:
     if not text:
         return {}
@@ -262,6 +289,10 @@ def _profile(text: str | None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, expected=(UnknownUserError, StaleVersionError))
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="Top-n items for a user from the published index")
     p.add_argument("--root", required=True, type=Path, help="data root (holds current.json)")
     who = p.add_mutually_exclusive_group(required=True)
@@ -274,17 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="never use GPUs")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
+    if a.n < 1:
+        p.error(f"-n must be >= 1, got {a.n}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        r = Retriever(a.root, gpu=False if a.cpu else None)
-        if a.user_id is not None:
-            rec = r.recommend_user(a.user_id, a.n, exclude_seen=not a.include_seen)
-        else:
-            items = [i.strip() for i in a.items.split(",") if i.strip()]
-            rec = r.recommend_items(items, a.profile, a.n, exclude_seen=not a.include_seen)
-    except (NoCurrentVersion, UnknownUserError, StaleVersionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.items is not None:
+        items = [i.strip() for i in a.items.split(",") if i.strip()]
+        if not items:
+            p.error(f"--items holds no item id ({a.items!r}): give comma-separated raw ids")
+    r = Retriever(a.root, gpu=False if a.cpu else None)
+    if a.user_id is not None:
+        rec = r.recommend_user(a.user_id, a.n, exclude_seen=not a.include_seen)
+    else:
+        rec = r.recommend_items(items, a.profile, a.n, exclude_seen=not a.include_seen)
     if a.json:
         print(json.dumps({"ds": r.pointer.ds, "model_version": r.pointer.model_version,
                           "n_interests": rec.n_interests, "items": rec.records()}, indent=1))

@@ -57,3 +57,41 @@ def build_generated_sequences(spark, root: Path, *, ds: str, days: int, n_events
     run(PrepConfig(data_root=root, ds=ds, lookback_days=days, min_row_groups=min_row_groups),
         spark)
     return root / "sequences" / f"ds={ds}"
+
+
+def build_published_root(spark, root: Path, *, ds: str, n_events: int, seed: int,
+                         model_kw: dict, batch_size: int, partitions: int, n_shards: int,
+                         recall_users: int):
+    """Generated logs -> sequences -> a random MIND -> embeddings -> index -> published.
+    Returns (layout, meta, model (eval mode), embedding manifest, index manifest)."""
+    import torch
+
+    from artefacts.layout import DataLayout
+    from artefacts.pointer import publish
+    from ingest.sample_data import generate
+    from jobs.build_index import IndexConfig
+    from jobs.build_index import run as build_index
+    from jobs.build_sequences import PrepConfig
+    from jobs.build_sequences import run as build_sequences
+    from jobs.embed_users import EmbedConfig
+    from jobs.embed_users import run as embed
+    from mind_model.checkpoint import save_checkpoint
+    from mind_model.data import load_meta
+    from mind_model.model import MIND
+
+    generate(root / "raw", end_ds=ds, days=2, n_events=n_events, seed=seed)
+    build_sequences(PrepConfig(data_root=root, ds=ds, lookback_days=2, min_user_count=2,
+                               min_row_groups=2), spark)
+    layout = DataLayout(root)
+    meta = load_meta(layout.sequences(ds))
+    torch.manual_seed(0)
+    model = MIND(meta.model_config(**model_kw))
+    model.set_item_side(torch.from_numpy(meta.item_category), torch.from_numpy(meta.item_brand))
+    model.eval()
+    save_checkpoint(layout.model_file(ds), model=model, model_config=model.cfg)
+    emb = embed(EmbedConfig(data_root=root, ds=ds, batch_size=batch_size, partitions=partitions),
+                spark)
+    idx = build_index(IndexConfig(data_root=root, ds=ds, n_shards=n_shards,
+                                  recall_users=recall_users))
+    publish(root, ds)
+    return layout, meta, model, emb, idx

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from artefacts.layout import DataLayout
-from artefacts.pointer import PublishError, publish, read_current, rollback
+from artefacts.pointer import PublishError, read_current, rollback
 from artefacts.vectors import read_item_embeddings, read_user_vectors
-from ingest.sample_data import generate
 from jobs import embed_users
 from jobs.build_index import IndexConfig, QualityGateError
 from jobs.build_index import run as build_index
@@ -27,13 +26,13 @@ from jobs.cluster import StandaloneCluster, spark_submit
 from jobs.embed_users import EmbedConfig
 from jobs.embed_users import run as embed
 from jobs.validation import InputError
-from mind_model.checkpoint import save_checkpoint
 from mind_model.data import load_meta
 from mind_model.metrics import topn_multi_interest
 from mind_model.model import MIND
 from schemas import LATEST_SEQUENCES, PROFILE_COLUMNS, PROFILE_FIELDS, VOCAB
 from serving import retrieval
 from serving.retrieval import Retriever, UnknownUserError
+from tests.conftest import build_published_root
 
 pytestmark = pytest.mark.spark
 
@@ -67,20 +66,10 @@ def copy_inputs(src: Path, dst: Path) -> None:
 @pytest.fixture(scope="module")
 def served(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving") / "data"
-    generate(root / "raw", end_ds=DS, days=2, n_events=6_000, seed=11)
-    build_sequences(PrepConfig(data_root=root, ds=DS, lookback_days=2, min_user_count=2,
-                               min_row_groups=2), spark)
-    layout = DataLayout(root)
-    meta = load_meta(layout.sequences(DS))
-    torch.manual_seed(0)
-    model = MIND(meta.model_config(embed_dim=16, n_interests=K, tower_hidden=(32,),
-                                   profile_dim=4))
-    model.set_item_side(torch.from_numpy(meta.item_category), torch.from_numpy(meta.item_brand))
-    model.eval()
-    save_checkpoint(layout.model_file(DS), model=model, model_config=model.cfg)
-    emb = embed(EmbedConfig(data_root=root, ds=DS, batch_size=16, partitions=3), spark)
-    idx = build_index(IndexConfig(data_root=root, ds=DS, n_shards=3, recall_users=60))
-    publish(root, DS)
+    layout, meta, model, emb, idx = build_published_root(
+        spark, root, ds=DS, n_events=6_000, seed=11,
+        model_kw=dict(embed_dim=16, n_interests=K, tower_hidden=(32,), profile_dim=4),
+        batch_size=16, partitions=3, n_shards=3, recall_users=60)
     latest = read_latest(layout.sequences(DS))
     V, mask = reference_vectors(model, latest)
     return SimpleNamespace(root=root, layout=layout, meta=meta, model=model, emb=emb, idx=idx,

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from ingest.importers.amazon_ratings import iter_amazon_ratings, read_amazon_ratings
 from ingest.importers.amazon_seq import read_amazon_seq
 from ingest.importers.common import (
+    InputFormatError,
     RawEventsWriter,
     ReadStats,
     report_stats,
@@ -45,6 +46,8 @@ class ImportResult:
     format: str
     rows_per_ds: dict[str, int]
     stats: ReadStats = field(default_factory=ReadStats)
+    appended: list[str] = field(default_factory=list)  # existing partitions appended to
+    replaced: list[str] = field(default_factory=list)  # existing partitions replaced
 
     @property
     def total_rows(self) -> int:
@@ -80,9 +83,11 @@ def resolve_paths(fmt: str, paths: Sequence[Path | str]) -> list[Path]:
 
 
 def import_any(fmt: str, paths: Sequence[Path | str], out: Path | str,
-               snapshot_ds: str | None = None, **options: Any) -> ImportResult:
+               snapshot_ds: str | None = None, *, replace: bool = False,
+               **options: Any) -> ImportResult:
     """Import `paths` of format `fmt` into `out/events/ds=...`.
 
+    Existing partitions are appended to (`replace=True`: replaced; see RawEventsWriter).
     options: `min_rating` (movielens, amazon-ratings), `base_time` (amazon-seq).
     """
     files = resolve_paths(fmt, paths)
@@ -95,7 +100,20 @@ def import_any(fmt: str, paths: Sequence[Path | str], out: Path | str,
         tables = (t for f in files for t in iter_taobao(f, stats=stats, **options))
     else:
         tables = (t for f in files for t in iter_amazon_ratings(f, stats=stats, **options))
-    rows = write_raw_batches(tables, out, snapshot_ds=snapshot_ds)
+    try:
+        with RawEventsWriter(out, snapshot_ds=snapshot_ds, replace=replace) as writer:
+            for t in tables:
+                writer.write(t)
+        rows = writer.close()
+    except InputFormatError:
+        raise
+    except ValueError as e:  # e.g. no row has a time: name the input, not only the rows
+        raise InputFormatError(f"{', '.join(map(str, files))}: {e}") from None
     report_stats(fmt, stats)
+    if not rows:  # nothing was written: say why rather than "0 rows", exit 0
+        why = (f"{stats.malformed_lines} malformed line(s), e.g. {stats.malformed_samples[0]}"
+               if stats.malformed_lines else "no data lines")
+        raise InputFormatError(f"{', '.join(map(str, files))}: no row to import as {fmt} "
+                               f"({why}); is it the right file and format?")
     log.info("%s: %d rows in %d partition(s) under %s", fmt, sum(rows.values()), len(rows), out)
-    return ImportResult(fmt, rows, stats)
+    return ImportResult(fmt, rows, stats, writer.appended, writer.replaced)

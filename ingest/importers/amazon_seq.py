@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ingest.importers.common import TIMESTAMP, ReadStats, raw_table, require_file
+from ingest.importers.common import (
+    TIMESTAMP,
+    InputFormatError,
+    ReadStats,
+    raw_table,
+    require_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +48,12 @@ DEFAULT_BASE_TIME = datetime(2014, 7, 1, tzinfo=timezone.utc)
 def attribute_map(item2attributes_json: Path | str) -> dict[str, tuple[str | None, str | None]]:
     """item id -> (category_id, brand_id) by the heuristic of the module docstring."""
     path = require_file(item2attributes_json)
-    raw = json.loads(path.read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object {{item: [attributes]}}")
+    try:
+        raw = json.loads(path.read_bytes())  # JSON is UTF-8 (or -16/-32, detected)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFormatError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+        raise InputFormatError(f"{path}: expected a JSON object {{item: [attributes]}}")
     lists = {str(k): [str(a) for a in v] for k, v in raw.items()}
     categories = {a for attrs in lists.values() for a in attrs[1:]}
     out: dict[str, tuple[str | None, str | None]] = {}
@@ -66,8 +75,14 @@ def read_amazon_seq(seq_txt: Path | str, item2attributes_json: Path | str | None
     items: list[str] = []
     positions: list[int] = []
     next_pos: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, 1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as e:  # one bad line, not the whole file
+                stats.add_malformed(f"{path}:{lineno}: {raw_line[:40]!r} (not UTF-8: "
+                                    f"byte {raw_line[e.start]:#04x} at {e.start})")
+                continue
             tokens = line.split()
             if not tokens:
                 continue  # blank line: no data

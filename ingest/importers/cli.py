@@ -1,4 +1,8 @@
-"""Command line: `python -m ingest.importers.cli FORMAT --out DIR [--snapshot-ds D] PATHS...`."""
+"""Command line: `python -m ingest.importers.cli FORMAT --out DIR [--snapshot-ds D] PATHS...`.
+
+Rows landing on a `ds=` partition that already exists are appended to it (`--replace`
+replaces such partitions instead); the summary names the partitions concerned.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from artefacts.cli import run_main
 from ingest.importers import FORMATS, import_any
 
 
@@ -17,6 +22,10 @@ def _instant(s: str) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ingest.importers.cli",
         description="Import public interaction data into raw event partitions.",
@@ -30,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="movielens, amazon-ratings: drop ratings below this")
     p.add_argument("--base-time", type=_instant, default=None,
                    help="amazon-seq: instant of position 0 (ISO 8601, UTC by default)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace existing ds= partitions the rows fall on (default: append)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -43,11 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--base-time does not apply to {args.format}")
         options["base_time"] = args.base_time
     t0 = time.perf_counter()
-    try:
-        r = import_any(args.format, args.paths, args.out, args.snapshot_ds, **options)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    r = import_any(args.format, args.paths, args.out, args.snapshot_ds, replace=args.replace,
+                   **options)
     first, last = (min(r.rows_per_ds), max(r.rows_per_ds)) if r.rows_per_ds else ("-", "-")
     print(f"{args.format}: wrote {r.total_rows:,} rows into {len(r.rows_per_ds):,} "
           f"partition(s) ds={first}..{last} under {args.out / 'events'} "
@@ -61,7 +69,17 @@ def main(argv: list[str] | None = None) -> int:
           f"filtered by rating: {s.filtered:,}")
     for sample in s.malformed_samples:
         print(f"  malformed: {sample}")
+    if r.appended:
+        print(f"appended to {len(r.appended)} existing partition(s) ({_days(r.appended)}): "
+              f"their earlier rows are kept (--replace replaces them; rows imported twice "
+              f"are removed by build-sequences as exact duplicates)")
+    if r.replaced:
+        print(f"replaced {len(r.replaced)} existing partition(s) ({_days(r.replaced)})")
     return 0
+
+
+def _days(ds: list[str]) -> str:
+    return ", ".join(f"ds={d}" for d in ds[:5]) + (" ..." if len(ds) > 5 else "")
 
 
 if __name__ == "__main__":

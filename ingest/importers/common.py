@@ -4,15 +4,20 @@ Every importer turns its format into tables with the RAW_EVENTS data columns and
 hands them to one `RawEventsWriter`, which splits rows into `ds=` partitions and
 publishes each partition atomically (artefacts.storage.staged_dir).
 
-Nothing is lost silently: lines that cannot become a row (wrong number of fields)
-are counted in `ReadStats` and logged with a sample; fields that cannot be parsed
-become nulls, so the Spark job quarantines those rows with a reason.
+Nothing is lost silently: lines that cannot become a row (wrong number of fields,
+bytes that are not UTF-8) are counted in `ReadStats` and logged with a sample; fields
+that cannot be parsed become nulls, so the Spark job quarantines those rows with a
+reason. A partition that already exists is appended to (its files are kept), unless
+the caller asks to replace it.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import logging
+import os
+import shutil
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -35,6 +40,8 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 DAY_US = 86_400_000_000
 BLOCK_SIZE = 64 << 20  # bytes of CSV per streamed batch (~1-2M rows)
 MAX_SAMPLES = 5  # malformed lines kept for the log
+NOT_UTF8 = "\x00not UTF-8"  # stands for a line utf8_blocks set aside (one field: invalid)
+MAX_LINE_BYTES = 64 << 20  # memory bound of the UTF-8 filter on a file without newlines
 
 # Whole seconds, at most 11 digits (before ~year 5100): anything else is unparsable.
 _UNIX_SECONDS = r"^\s*-?\d{1,11}\s*$"
@@ -61,6 +68,50 @@ class ReadStats:
         self.malformed_lines += 1
         if len(self.malformed_samples) < MAX_SAMPLES:
             self.malformed_samples.append(where)
+
+
+def utf8_blocks(path: Path, stats: "ReadStats", block_size: int) -> Iterator[tuple[int, bytes]]:
+    """The file as blocks of whole lines, (number of the block's first line, bytes).
+
+    A line that is not valid UTF-8 is counted in `stats` (with its line number) and
+    replaced by NOT_UTF8, a one-field line the CSV reader's invalid-row handler skips,
+    instead of failing the whole file. A block is decoded whole first (fast C path);
+    only one that fails is split into lines. A file without newlines is cut every
+    MAX_LINE_BYTES (memory bound).
+    """
+    line, tail = 1, b""
+    with open(path, "rb") as f:
+        while True:
+            data, more = tail, b""
+            while True:  # up to the last complete line (a line longer than a block: more)
+                more = f.read(block_size)
+                data += more
+                cut = data.rfind(b"\n") + 1
+                if cut or not more or len(data) >= MAX_LINE_BYTES:
+                    break
+            if not more or cut == 0:  # end of file, or no newline in MAX_LINE_BYTES
+                cut = len(data)
+            if not data:
+                return
+            block, tail = data[:cut], data[cut:]
+            try:
+                block.isascii() or block.decode("utf-8")  # isascii: no copy, the common case
+            except UnicodeDecodeError:
+                block = _empty_bad_lines(block, line, path, stats)
+            yield line, block
+            line += block.count(b"\n")
+
+
+def _empty_bad_lines(block: bytes, first: int, path: Path, stats: "ReadStats") -> bytes:
+    lines = block.split(b"\n")
+    for k, text in enumerate(lines):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            stats.add_malformed(f"{path}:{first + k}: {text[:40]!r} (not UTF-8: byte "
+                                f"{text[e.start]:#04x} at {e.start})")
+            lines[k] = NOT_UTF8.encode()  # keeps pyarrow's row numbers (it skips empty lines)
+    return b"\n".join(lines)
 
 
 def require_file(path: Path | str, what: str = "input file") -> Path:
@@ -105,33 +156,57 @@ def read_csv_batches(path: Path | str, column_names: list[str], stats: ReadStats
     path = require_file(path)
     names = column_names
     if header:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            names = next(csv.reader([f.readline()], delimiter=delimiter), [])
+        with open(path, "rb") as f:  # the first line only: a bad byte later is one line
+            first = f.readline()
+        try:
+            names = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        except UnicodeDecodeError as e:
+            raise InputFormatError(f"{path}: the header line is not UTF-8 text "
+                                   f"({e.reason} at byte {e.start}); is it a CSV file?") from None
+        except csv.Error as e:  # e.g. a NUL byte
+            raise InputFormatError(f"{path}: unreadable header line ({e})") from None
         missing = [c for c in column_names if c not in names]
         if missing:
             raise InputFormatError(f"{path}: missing column(s) {missing} in header {names}")
 
+    first_line = 1  # of the block being parsed: pyarrow numbers rows within a block
+
     def on_invalid(row) -> str:
-        stats.add_malformed(f"{path}:{row.number}: {row.text!r} "
+        if row.text == NOT_UTF8:  # counted by utf8_blocks already
+            return "skip"
+        stats.add_malformed(f"{path}:{first_line + row.number - 1}: {row.text[:60]!r} "
                             f"({row.actual_columns} fields, expected {row.expected_columns})")
         return "skip"
 
-    read = pacsv.ReadOptions(column_names=names, skip_rows=int(header),
-                             block_size=block_size, use_threads=False)
     parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     # Ids stay strings; empty fields become nulls (quarantined downstream, not lost).
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
                                    strings_can_be_null=True, null_values=[""])
-    try:
-        reader = pacsv.open_csv(path, read_options=read, parse_options=parse,
-                                convert_options=convert)
-    except pa.ArrowInvalid as e:
-        if "Empty CSV file" not in str(e):
-            raise InputFormatError(f"{path}: {e}") from e
+    # Each block of whole lines is parsed from memory: pyarrow never reads a Python file
+    # object (its read-ahead thread on one aborts the interpreter after an error).
+    empty = True
+    for first_line, block in utf8_blocks(path, stats, block_size):
+        skip = int(header and first_line == 1)
+        read = pacsv.ReadOptions(column_names=names, skip_rows=skip,
+                                 block_size=len(block) + 1, use_threads=False)
+        try:
+            table = pacsv.read_csv(pa.BufferReader(block), read_options=read,
+                                   parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as e:
+            if "Empty CSV file" in str(e):
+                continue
+            raise InputFormatError(f"{path} (lines from {first_line}): {_first_line(e)}"
+                                   ) from None
+        empty = empty and table.num_rows == 0
+        yield from table.to_batches()
+    if empty:
         log.warning("%s: no data lines", path)
-        return
-    with reader:
-        yield from reader
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An error message fit for one line (Arrow quotes the offending row, raw bytes too)."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def read_csv_table(path: Path | str, column_names: list[str], stats: ReadStats, *,
@@ -201,16 +276,33 @@ class RawEventsWriter:
     Buffers are flushed as extra part files once they hold `rows_per_part` rows (per
     partition) or `max_buffered` rows (all partitions), so memory stays bounded.
     Partitions are published together on a clean close; on an error none is.
+
+    A partition that already exists is appended to: its files are hard-linked into the
+    staged folder next to the new part files (named by this import's id, so no name is
+    shared), and the folder replaces the old one in one rename — a reader sees the old
+    rows or old + new, never a part. `replace=True` replaces existing partitions
+    instead. Importing the same file twice appends its rows twice; build-sequences
+    removes them as exact duplicates. (Two imports into the same partition at the same
+    time are not supported: the last to publish wins.)
     """
 
     def __init__(self, out_root: Path | str, *, snapshot_ds: str | None = None,
-                 rows_per_part: int = 4 << 20, max_buffered: int = 8 << 20) -> None:
-        if snapshot_ds is not None:
-            date.fromisoformat(snapshot_ds)  # fail early on a malformed date
+                 rows_per_part: int = 4 << 20, max_buffered: int = 8 << 20,
+                 replace: bool = False) -> None:
+        if snapshot_ds is not None:  # fail early on a malformed date
+            try:
+                date.fromisoformat(snapshot_ds)
+            except ValueError:
+                raise ValueError(f"--snapshot-ds {snapshot_ds!r} is not a date YYYY-MM-DD"
+                                 ) from None
         self.out_root = Path(out_root)
         self.snapshot_ds = snapshot_ds
         self.rows_per_part = rows_per_part
         self.max_buffered = max_buffered
+        self.replace = replace
+        self.appended: list[str] = []  # partitions that existed and were appended to
+        self.replaced: list[str] = []  # partitions that existed and were replaced
+        self._run = uuid.uuid4().hex[:8]
         self.rows: dict[str, int] = defaultdict(int)
         self._stack = contextlib.ExitStack()
         self._dirs: dict[str, Path] = {}
@@ -276,7 +368,7 @@ class RawEventsWriter:
         if ds not in self._dirs:
             final = self.out_root / "events" / f"ds={ds}"
             self._dirs[ds] = self._stack.enter_context(staged_dir(final))
-        part = self._dirs[ds] / f"part-{self._parts[ds]:05d}.parquet"
+        part = self._dirs[ds] / f"part-{self._run}-{self._parts[ds]:05d}.parquet"
         self._parts[ds] += 1
         pq.write_table(pa.concat_tables(tables).combine_chunks(), part)
 
@@ -298,23 +390,45 @@ class RawEventsWriter:
                     self._add(latest, t)
             for ds in list(self._buf):
                 self._flush(ds)
+            for ds, staged in self._dirs.items():
+                self._keep_existing(ds, staged)
         except BaseException as e:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         self._stack.close()  # publishes each staged partition
         return dict(sorted(self.rows.items()))
 
+    def _keep_existing(self, ds: str, staged: Path) -> None:
+        """Link the files of an existing partition into its staged folder (append)."""
+        final = self.out_root / "events" / f"ds={ds}"
+        if not final.is_dir():
+            return
+        if self.replace:
+            self.replaced.append(ds)
+            return
+        self.appended.append(ds)
+        for f in final.iterdir():
+            if not f.is_file():
+                continue
+            target = staged / f.name
+            if target.exists():  # never overwrite: a file of this import
+                raise FileExistsError(f"{target}: name clash while appending to {final}")
+            try:
+                os.link(f, target)  # same folder tree: no copy
+            except OSError:
+                shutil.copy2(f, target)
+
 
 def write_raw_events(table: pa.Table, out_root: Path | str, *,
-                     snapshot_ds: str | None = None) -> dict[str, int]:
+                     snapshot_ds: str | None = None, replace: bool = False) -> dict[str, int]:
     """Write one RAW_EVENTS table under `out_root/events/ds=...`; return rows per ds."""
-    return write_raw_batches([table], out_root, snapshot_ds=snapshot_ds)
+    return write_raw_batches([table], out_root, snapshot_ds=snapshot_ds, replace=replace)
 
 
 def write_raw_batches(tables: Iterable[pa.Table], out_root: Path | str, *,
-                      snapshot_ds: str | None = None) -> dict[str, int]:
-    """Stream RAW_EVENTS tables into partitions; return rows per ds."""
-    with RawEventsWriter(out_root, snapshot_ds=snapshot_ds) as w:
+                      snapshot_ds: str | None = None, replace: bool = False) -> dict[str, int]:
+    """Stream RAW_EVENTS tables into partitions (appended to, or replaced); rows per ds."""
+    with RawEventsWriter(out_root, snapshot_ds=snapshot_ds, replace=replace) as w:
         for t in tables:
             w.write(t)
     return w.close()
