@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_EXACT_BELOW = 100_000  # exact search is fast enough below this many items
 HNSW_M = 32  # links per node of the HNSW coarse quantiser
 SHARD_FILE = "shard-{:03d}.faiss"
+# Items the online service returns at most per request (its candidates for ranking); the
+# index job's recall gate checks recall at this N by default, so what is gated is served.
+SERVED_N = 1000
 
 
 class Hits(NamedTuple):

@@ -54,7 +54,8 @@ class IndexConfig:
     exact_below: int = ix.DEFAULT_EXACT_BELOW
     nprobe: int | None = None           # IVF nprobe / HNSW efSearch; None = smallest that passes
     max_nprobe: int | None = None       # upper bound of the search for nprobe
-    recall_n: int = 100                 # N of the recall@N gate (clipped to the catalogue)
+    recall_n: int = ix.SERVED_N         # N of the recall@N gate: the N the service returns
+                                        # (clipped to the catalogue)
     recall_threshold: float = 0.95
     recall_users: int = 1000            # users sampled for the gate
     train_size: int | None = None       # vectors used to train an IVF (default 64 per list)

@@ -57,6 +57,10 @@ class UnknownUserError(KeyError):
         return str(self.args[0])
 
 
+class NoKnownItems(ValueError):
+    """None of the raw item ids sent for on-the-fly vectors is in the published vocabulary."""
+
+
 class StaleVersionError(RuntimeError):
     """An artefact under the pointer was rebuilt by another model since it was published."""
 
@@ -222,6 +226,11 @@ class Retriever:
             raise ValueError(f"unknown profile field(s) {sorted(unknown)}; "
                              f"known: {list(PROFILE_FIELDS)}")
         idx = self.item_idx(item_ids)
+        if not (idx != UNK_IDX).any():  # vectors of unknowns alone would be a guess
+            shown = ", ".join(repr(str(i)) for i in list(item_ids)[:5])
+            raise NoKnownItems(f"none of the {len(idx)} item id(s) ({shown}"
+                               f"{', ...' if len(idx) > 5 else ''}) is known in the published "
+                               f"version (ds={self.pointer.ds})")
         hist, hist_len = pad_history(idx, self.model.cfg.max_len)
         prof = {f: np.array([self.vocab(f)[0].get(str(v), UNK_IDX)])
                 for f, v in (profile or {}).items() if v is not None}
