@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train
+.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
+	bench-serve serve
 
 setup: $(STAMP)
 
@@ -58,6 +59,16 @@ bench-train: $(STAMP)
 
 bench-index: $(STAMP)
 	$(PY) -m bench.bench_index
+
+# The retrieval service under load on loopback, a publish and a rollback during the run;
+# fails on any failed or mixed-version answer. BENCH_SERVE_ARGS: --items, --clients, ...
+BENCH_SERVE_ARGS ?=
+bench-serve: $(STAMP)
+	$(PY) -m bench.bench_serve $(BENCH_SERVE_ARGS)
+
+# The retrieval service over the published version under $(DATA_ROOT) (loopback:8080).
+serve: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m serving.service --root $(DATA_ROOT)
 
 # Regenerate the fully pinned lock from requirements.in (needs the package registry).
 lock:

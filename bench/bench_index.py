@@ -61,17 +61,23 @@ def percentiles(times: list[float]) -> dict[str, float]:
             "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
-def generate(n_items: int, dim: int, n_clusters: int, seed: int = 0):
-    """Clustered item vectors and a function drawing users' K interest vectors."""
+def generate(n_items: int, dim: int, n_clusters: int, seed: int = 0, *,
+             labels_out: list | None = None):
+    """Clustered item vectors and a function drawing users' K interest vectors; each
+    item's cluster is appended to `labels_out` when given."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     x = np.empty((n_items, dim), np.float32)
+    labels = np.empty(n_items, np.int64)  # (N,) cluster of each item
     step = 1 << 18
     for a in range(0, n_items, step):  # chunked: bounded temporaries
         b = min(a + step, n_items)
-        x[a:b] = centres[rng.integers(0, n_clusters, b - a)] + \
+        labels[a:b] = rng.integers(0, n_clusters, b - a)
+        x[a:b] = centres[labels[a:b]] + \
             NOISE * rng.standard_normal((b - a, dim), dtype=np.float32)
         x[a:b] *= rng.lognormal(0.0, 0.25, (b - a, 1)).astype(np.float32)
+    if labels_out is not None:
+        labels_out.append(labels)
 
     def users(n: int, k: int, seed: int) -> list[np.ndarray]:
         r = np.random.default_rng(seed)
@@ -172,8 +178,12 @@ def bench_extraction(n_items: int, dim: int, index, requests: int) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: int = 0) -> None:
-    """A minimal sequences/ds=DS folder (latest/, items/, stats.json) + a MIND checkpoint."""
+def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: int = 0, *,
+                   ds: str = DS, labels: np.ndarray | None = None) -> None:
+    """A minimal sequences/ds=<ds> folder (latest/, items/, stats.json) + a MIND checkpoint.
+
+    labels: (n_items,) a cluster per item; then each user's history is drawn from 1-5
+    clusters (multi-interest users) instead of uniformly."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -183,13 +193,16 @@ def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: in
     from mind_model.checkpoint import save_checkpoint
     from mind_model.data import load_meta
     from mind_model.model import MIND
-    from schemas import ITEM_FEATURES, LATEST_SEQUENCES
+    from schemas import ITEM_FEATURES, LATEST_SEQUENCES, VOCAB
 
     layout = DataLayout(root)
-    seq = layout.sequences(DS)
+    seq = layout.sequences(ds)
     rng = np.random.default_rng(seed)
     lens = np.minimum(rng.geometric(1 / 30, n_users), L).astype(np.int32)
-    hist = rng.integers(2, n_items + 2, (n_users, L)).astype(np.int32)
+    if labels is None:
+        hist = rng.integers(2, n_items + 2, (n_users, L)).astype(np.int32)
+    else:
+        hist = clustered_histories(rng, labels, n_users, L)
     hist[np.arange(L)[None, :] >= lens[:, None]] = 0
     (seq / "latest").mkdir(parents=True)
     table = pa.table({
@@ -204,17 +217,37 @@ def make_sequences(root: Path, n_users: int, n_items: int, L: int = 50, seed: in
     pq.write_table(table, seq / "latest" / "part-00000.parquet", row_group_size=50_000)
     (seq / "items").mkdir()
     idx = np.arange(2, n_items + 2, dtype=np.int32)
+    (seq / "vocab" / "item").mkdir(parents=True)  # raw item ids "i<idx>" for on-the-fly requests
+    pq.write_table(pa.table({"value": pa.array([f"i{i}" for i in idx]), "idx": idx,
+                             "first_ds": pa.array([ds] * len(idx))},
+                            schema=VOCAB.arrow_schema()), seq / "vocab" / "item" / "part-0.parquet")
     pq.write_table(pa.table({
         "item_idx": idx, "item_id": pa.array([f"i{i}" for i in idx]),
         "category_idx": np.ones_like(idx), "brand_idx": np.ones_like(idx),
-        "interactions": np.ones(len(idx), np.int64)}, schema=ITEM_FEATURES.arrow_schema()),
+        "interactions": np.ones(len(idx), np.int64),
+        "train_interactions": np.ones(len(idx), np.int64),
+        "id_embedding": np.ones(len(idx), bool)}, schema=ITEM_FEATURES.arrow_schema()),
         seq / "items" / "part-00000.parquet")
     write_json(seq / "stats.json", {"vocab_sizes": {
         "item": n_items + 2, "category": 2, "brand": 2, "gender": 5, "age_bucket": 5,
         "city_tier": 5}, "train_samples": 0})
     torch.manual_seed(0)
     model = MIND(load_meta(seq).model_config(embed_dim=64, n_interests=4))
-    save_checkpoint(layout.model_file(DS), model=model.eval(), model_config=model.cfg)
+    save_checkpoint(layout.model_file(ds), model=model.eval(), model_config=model.cfg)
+
+
+def clustered_histories(rng: np.random.Generator, labels: np.ndarray, n_users: int,
+                        L: int) -> np.ndarray:
+    """(n_users, L) item idx: each user picks 1-5 clusters, each position an item of one."""
+    order = np.argsort(labels, kind="stable")  # item positions grouped by cluster
+    counts = np.bincount(labels)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    n_clusters = len(counts)
+    user_clusters = rng.integers(0, n_clusters, (n_users, 5))  # (U, 5)
+    k = rng.integers(1, 6, (n_users, 1))  # (U, 1) clusters per user
+    c = np.take_along_axis(user_clusters, rng.integers(0, 5, (n_users, L)) % k, 1)  # (U, L)
+    pos = starts[c] + (rng.random((n_users, L)) * np.maximum(counts[c], 1)).astype(np.int64)
+    return (order[np.minimum(pos, len(order) - 1)] + 2).astype(np.int32)  # idx = position + 2
 
 
 def bench_embedding_job(work: Path, n_users: int, n_items: int) -> dict:
