@@ -76,10 +76,10 @@ class Recommendation:
     n_interests: int       # K'_u
 
     def records(self) -> list[dict[str, Any]]:
-        return [{"rank": r + 1, "item_id": i, "item_idx": int(x), "score": float(s),
-                 "interest": int(k)}
-                for r, (i, x, s, k) in enumerate(zip(self.item_id, self.item_idx, self.score,
-                                                     self.interest))]
+        return [{"rank": r + 1, "item_id": i, "item_idx": x, "score": s, "interest": k}
+                for r, (i, x, s, k) in enumerate(zip(  # tolist: Python numbers in one pass
+                    self.item_id, self.item_idx.tolist(), self.score.tolist(),
+                    self.interest.tolist()))]
 
 
 def _read_vocab(seq_dir: Path, name: str) -> tuple[dict[str, int], np.ndarray]:
