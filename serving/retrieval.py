@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import faiss
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -117,10 +118,10 @@ class Retriever:
                     f"(python -m jobs.publish) after the rebuild completes")
         shards = ix.read_shards(p.path("index"), [s["file"] for s in self.manifest["shards"]],
                                 mmap=mmap)
-        if gpu is False:
-            self.index, self.on_gpu = ix.combine(shards), False
-        else:
+        if gpu is not False and faiss.get_num_gpus():
             self.index, self.on_gpu = ix.to_gpus(shards)
+        else:  # one merged index: no per-search threads per shard (memory-mapped: as shards)
+            self.index, self.on_gpu = ix.combine(shards, merge=not mmap), False
         ix.set_search_params(self.index, self.manifest.get("search_params", {}), gpu=self.on_gpu)
         self._shards = shards  # keep the CPU shards alive while the index is used
         self._model = None
