@@ -100,7 +100,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
         files = ix.write_shards(shards, tmp)
         del shards  # from here on, what is checked is what was written
         loaded = ix.read_shards(tmp, [f["file"] for f in files])
-        index = ix.combine(loaded)
+        index = ix.combine(loaded, merge=True)  # searched as CPU serving searches it
         n = min(cfg.recall_n, n_items)
         log.info("[3/4] recall gate: %d users, recall@%d >= %s", len(users), n,
                  cfg.recall_threshold)
