@@ -12,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
 .PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
-	bench-serve serve
+	bench-serve serve gpu-check
 
 setup: $(STAMP)
 
@@ -65,6 +65,11 @@ bench-index: $(STAMP)
 BENCH_SERVE_ARGS ?=
 bench-serve: $(STAMP)
 	$(PY) -m bench.bench_serve $(BENCH_SERVE_ARGS)
+
+# NCCL DDP training, FAISS on GPUs, the service on GPU: timings in bench/results/gpu.json
+# (~8 minutes on one large GPU); without a CUDA device it says why and exits 0.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check
 
 # The retrieval service over the published version under $(DATA_ROOT) (loopback:8080).
 serve: $(STAMP)
