@@ -12,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
 .PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
-        mlflow-ui
+        mlflow-ui bench-serve serve gpu-check
 
 setup: $(STAMP)
 
@@ -65,6 +65,21 @@ bench-train: $(STAMP)
 
 bench-index: $(STAMP)
 	$(PY) -m bench.bench_index
+
+# The retrieval service under load on loopback, a publish and a rollback during the run;
+# fails on any failed or mixed-version answer. BENCH_SERVE_ARGS: --items, --clients, ...
+BENCH_SERVE_ARGS ?=
+bench-serve: $(STAMP)
+	$(PY) -m bench.bench_serve $(BENCH_SERVE_ARGS)
+
+# NCCL DDP training, FAISS on GPUs, the service on GPU: timings in bench/results/gpu.json
+# (~8 minutes on one large GPU); without a CUDA device it says why and exits 0.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check
+
+# The retrieval service over the published version under $(DATA_ROOT) (loopback:8080).
+serve: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m serving.service --root $(DATA_ROOT)
 
 # Regenerate the fully pinned lock from requirements.in (needs the package registry).
 lock:

@@ -56,7 +56,8 @@ class IndexConfig:
     exact_below: int = ix.DEFAULT_EXACT_BELOW
     nprobe: int | None = None           # IVF nprobe / HNSW efSearch; None = smallest that passes
     max_nprobe: int | None = None       # upper bound of the search for nprobe
-    recall_n: int = 100                 # N of the recall@N gate (clipped to the catalogue)
+    recall_n: int = ix.SERVED_N         # N of the recall@N gate: the N the service returns
+                                        # (clipped to the catalogue)
     recall_threshold: float = 0.95
     recall_users: int = 1000            # users sampled for the gate
     train_size: int | None = None       # vectors used to train an IVF (default 64 per list)
@@ -136,7 +137,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
         files = ix.write_shards(shards, tmp)
         del shards  # from here on, what is checked is what was written
         loaded = ix.read_shards(tmp, [f["file"] for f in files])
-        index = ix.combine(loaded)
+        index = ix.combine(loaded, merge=True)  # searched as CPU serving searches it
         n = min(cfg.recall_n, n_items)
         log.info("[3/4] recall gate: %d users, recall@%d >= %s", len(users), n,
                  cfg.recall_threshold)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import faiss
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -83,10 +84,10 @@ class Recommendation:
     n_interests: int       # K'_u
 
     def records(self) -> list[dict[str, Any]]:
-        return [{"rank": r + 1, "item_id": i, "item_idx": int(x), "score": float(s),
-                 "interest": int(k)}
-                for r, (i, x, s, k) in enumerate(zip(self.item_id, self.item_idx, self.score,
-                                                     self.interest))]
+        return [{"rank": r + 1, "item_id": i, "item_idx": x, "score": s, "interest": k}
+                for r, (i, x, s, k) in enumerate(zip(  # tolist: Python numbers in one pass
+                    self.item_id, self.item_idx.tolist(), self.score.tolist(),
+                    self.interest.tolist()))]
 
 
 def _read_vocab(seq_dir: Path, name: str) -> tuple[dict[str, int], np.ndarray]:
@@ -130,10 +131,10 @@ class Retriever:
                     f"(python -m jobs.publish) after the rebuild completes")
         shards = ix.read_shards(p.path("index"), [s["file"] for s in self.manifest["shards"]],
                                 mmap=mmap)
-        if gpu is False:
-            self.index, self.on_gpu = ix.combine(shards), False
-        else:
+        if gpu is not False and faiss.get_num_gpus():
             self.index, self.on_gpu = ix.to_gpus(shards)
+        else:  # one merged index: no per-search threads per shard (memory-mapped: as shards)
+            self.index, self.on_gpu = ix.combine(shards, merge=not mmap), False
         ix.set_search_params(self.index, self.manifest.get("search_params", {}), gpu=self.on_gpu)
         self._shards = shards  # keep the CPU shards alive while the index is used
         self._model = None

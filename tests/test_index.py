@@ -56,8 +56,9 @@ def test_exact_index_equals_torch_brute_force():
     assert same_ids(got, ix.exact_multi_interest(x, ids, qs, 25))
 
 
-@pytest.mark.parametrize("factory,params", [("Flat", {}), ("IVF32,Flat", {"nprobe": 4}),
-                                            ("IVF32_HNSW32,Flat", {"nprobe": 4})])
+@pytest.mark.parametrize("factory,params", [
+    ("Flat", {}), ("IVF32,Flat", {"nprobe": 4}), ("IVF32_HNSW32,Flat", {"nprobe": 4}),
+    ("IVF32,PQ8x4fs,RFlat", {"nprobe": 4, "k_factor": 2})])
 def test_sharded_search_equals_unsharded(factory, params, tmp_path):
     x, ids = clustered(4000)
     qs = users(40)
@@ -71,9 +72,31 @@ def test_sharded_search_equals_unsharded(factory, params, tmp_path):
     assert isinstance(many, faiss.IndexShards) and many.ntotal == len(ids)
     ix.set_search_params(one, params)
     ix.set_search_params(many, params)
+    merged = ix.combine(ix.read_shards(tmp_path, [f["file"] for f in files]), merge=True)
+    assert not isinstance(merged, faiss.IndexShards) and merged.ntotal == len(ids)
+    ix.set_search_params(merged, params)
     for n in (10, 100):
-        assert same_ids(ix.multi_interest_search(one, qs, n, seen),
-                        ix.multi_interest_search(many, qs, n, seen))
+        want = ix.multi_interest_search(one, qs, n, seen)
+        if "RFlat" not in factory:
+            assert same_ids(want, ix.multi_interest_search(many, qs, n, seen))
+            assert same_ids(want, ix.multi_interest_search(merged, qs, n, seen))
+            continue
+        # a refined index: each shard re-ranks its own k x k_factor candidates, so shards
+        # differ from one index; merged, the candidates are one index's again, up to ties of
+        # the 4-bit codes at the pool's edge; every score is the exact one of its id
+        got = ix.multi_interest_search(merged, qs, n, seen)
+        assert ix.recall(got, want) >= 0.99
+        vec = dict(zip(ids.tolist(), x))
+        for q, h in zip(qs, got):
+            exact = np.array([(q @ vec[i]).max() for i in h.ids.tolist()])
+            np.testing.assert_allclose(h.scores, exact, rtol=1e-5, atol=1e-4)
+
+
+def test_unmergeable_shards_are_searched_together():
+    x, ids = clustered(600)
+    shards = ix.build_shards(x, ids, "HNSW16,Flat", 2)
+    index = ix.combine(shards, merge=True)
+    assert isinstance(index, faiss.IndexShards) and index.ntotal == len(ids)
 
 
 def test_merge_keeps_best_score_and_its_interest():
