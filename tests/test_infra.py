@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,13 +13,6 @@ INFRA = REPO_ROOT / "infra"
 IMAGE_ROOT = "/opt/mind"  # WORKDIR of infra/Dockerfile
 
 
-def manifests() -> list[tuple[Path, dict]]:
-    docs = []
-    for path in sorted((INFRA / "k8s").glob("*.yaml")):
-        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
-
-
 def modules_in(args: list[str]) -> list[str]:
     """Python modules started by a command line (`python -m X`, `torchrun ... -m X`)."""
     return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-m"]
@@ -28,48 +20,6 @@ def modules_in(args: list[str]) -> list[str]:
 
 def assert_module_exists(name: str) -> None:
     assert importlib.util.find_spec(name) is not None, f"module {name} does not exist"
-
-
-def test_k8s_manifests_parse_and_name_real_entry_points():
-    docs = manifests()
-    kinds = {d["kind"] for _, d in docs}
-    assert {"SparkApplication", "Job", "Service", "PersistentVolumeClaim"} <= kinds
-    for path, d in docs:
-        assert d.get("apiVersion") and d.get("metadata", {}).get("name"), path
-        if d["kind"] == "SparkApplication":
-            main = d["spec"]["mainApplicationFile"]
-            assert main.startswith(f"local://{IMAGE_ROOT}/"), path
-            assert (REPO_ROOT / main.removeprefix(f"local://{IMAGE_ROOT}/")).is_file(), main
-            assert d["spec"]["sparkVersion"].startswith("3.5"), "image ships pyspark 3.5"
-        if d["kind"] == "Job":
-            for c in d["spec"]["template"]["spec"]["containers"]:
-                mods = modules_in([*c.get("command", []), *c.get("args", [])])
-                assert mods, f"{path}: no python module started"
-                for m in mods:
-                    assert_module_exists(m)
-        for vol in _volumes(d):
-            if "persistentVolumeClaim" in vol:
-                assert vol["persistentVolumeClaim"]["claimName"] == "mind-data"
-
-
-def _volumes(d: dict) -> list[dict]:
-    spec = d.get("spec", {})
-    return spec.get("volumes", []) + spec.get("template", {}).get("spec", {}).get("volumes", [])
-
-
-def test_training_job_uses_torchrun_rendezvous_on_the_headless_service():
-    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
-    job = docs[("Job", "mind-train")]
-    svc = docs[("Service", "mind-train")]
-    assert svc["spec"]["clusterIP"] == "None"
-    pod = job["spec"]["template"]["spec"]
-    assert pod["subdomain"] == svc["metadata"]["name"]
-    args = pod["containers"][0]["args"]
-    nnodes = int(next(a.split("=")[1] for a in args if a.startswith("--nnodes=")))
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == nnodes
-    assert "--node_rank=$(JOB_COMPLETION_INDEX)" in args
-    assert job["spec"]["completionMode"] == "Indexed"
-    assert any(a.startswith("--master_addr=mind-train-0.mind-train") for a in args)
 
 
 def test_compose_services_and_loopback_ports():
