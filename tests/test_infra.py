@@ -30,19 +30,63 @@ def assert_module_exists(name: str) -> None:
     assert importlib.util.find_spec(name) is not None, f"module {name} does not exist"
 
 
-def test_compose_services_and_loopback_ports():
-    compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
-    services = compose["services"]
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+
+
+def test_compose_services_have_what_they_need():
+    services = compose()["services"]
     assert {"spark-master", "spark-worker", "airflow", "trainer"} <= set(services)
+    long_running = {n for n, s in services.items() if "manual" not in s.get("profiles", [])}
     for name, s in services.items():
+        assert s["image"].startswith("${MIND_IMAGE:-"), name
+        assert "mind-data:/data" in s["volumes"], f"{name} lacks the data volume"
+        assert s["environment"]["MIND_DATA_ROOT"] == "/data"
+        assert re.fullmatch(r"\d+[mg]b", s["shm_size"]), name
         for port in s.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
         cmd = [*s.get("entrypoint", []), *s.get("command", [])]
         for m in modules_in(cmd):
             assert_module_exists(m)
-    assert "spark://spark-master:7077" in services["spark-worker"]["command"]
+        if name in long_running:
+            check = s["healthcheck"]
+            assert check["test"][0] == "CMD" and check["test"][1] == "python", name
+            compile(check["test"][-1], f"{name} healthcheck", "exec")  # valid Python
+            assert {"interval", "timeout", "retries", "start_period"} <= set(check), name
+        for dep, cond in s.get("depends_on", {}).items():
+            assert dep in services and cond == {"condition": "service_healthy"}, (name, dep)
+            assert "healthcheck" in services[dep], f"{name} waits on {dep} without a check"
+    assert set(services["airflow"]["depends_on"]) == {"spark-master", "spark-worker"}
+    assert services["spark-worker"]["depends_on"] == {
+        "spark-master": {"condition": "service_healthy"}}
     dags = services["airflow"]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"]
     assert (REPO_ROOT / dags.removeprefix(f"{IMAGE_ROOT}/")).is_dir()
+
+
+def test_compose_spark_driver_is_reachable_from_the_worker():
+    """Executors on spark-worker connect back to the driver in `airflow`: the driver binds
+    all of its container's addresses and advertises its service name (read by jobs.spark);
+    master and worker advertise their own names."""
+    from jobs.spark import driver_address_conf
+
+    services = compose()["services"]
+    env = services["airflow"]["environment"]
+    assert env["MIND_SPARK_DRIVER_HOST"] == services["airflow"]["hostname"] == "airflow"
+    assert driver_address_conf(env) == {"spark.driver.host": "airflow",
+                                        "spark.driver.bindAddress": "0.0.0.0"}
+    assert json.loads(env["AIRFLOW_CONN_SPARK_MIND"])["host"] == "spark://spark-master"
+    worker = services["spark-worker"]["command"]
+    assert worker[worker.index("--host") + 1] == services["spark-worker"]["hostname"]
+    assert "spark://spark-master:7077" in worker
+    master = services["spark-master"]["command"]
+    assert master[master.index("--host") + 1] == services["spark-master"]["hostname"]
+
+
+def test_compose_trainer_writes_to_an_out_dir_on_the_volume():
+    cmd = compose()["services"]["trainer"]["command"]
+    assert cmd[0] == "torchrun" and cmd[cmd.index("-m") + 1] == "mind_model.train"
+    assert cmd[cmd.index("--out-dir") + 1].startswith("/data/training/")
+    assert cmd[cmd.index("--data-dir") + 1].startswith("/data/sequences/ds=")
 
 
 def dockerfile() -> str:
