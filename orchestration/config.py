@@ -49,7 +49,9 @@ Airflow worker, e.g. /data):
 - train_nodes (MIND_TRAIN_NODES; 2): torchrun nodes (pods); each runs `train_nproc`
   processes (one per GPU where train_gpus > 0)
 - train_gpus (MIND_TRAIN_GPUS; 0): GPUs per training pod (0 = CPU training)
-- train_max_restarts (MIND_TRAIN_MAX_RESTARTS; 3): torchrun --max-restarts
+- train_max_restarts (MIND_TRAIN_MAX_RESTARTS; 0): torchrun --max-restarts (in-place
+  restarts of all workers; 0 = a failure ends every node's torchrun and the Job replaces the
+  pods, see infra/OPERATIONS.md)
 - spark_executors (MIND_SPARK_EXECUTORS; 2), executor_cores (MIND_SPARK_EXECUTOR_CORES; 2),
   executor_memory (MIND_SPARK_EXECUTOR_MEMORY; 4g)
 """
@@ -119,7 +121,7 @@ class PipelineConfig:
     pvc_size: str = "500Gi"
     train_nodes: int = 2
     train_gpus: int = 0
-    train_max_restarts: int = 3
+    train_max_restarts: int = 0
     spark_executors: int = 2
     executor_cores: int = 2
     executor_memory: str = "4g"

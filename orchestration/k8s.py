@@ -12,7 +12,7 @@ when they differ). Two kinds of objects:
   torchrun rendezvous;
 - per ds, with names unique per ds (the operators add a random suffix per try):
   SparkApplications of build_sequences and embed_users, the training Job (Indexed: one
-  pod per torchrun node, c10d rendezvous on pod 0, `--max-restarts`) writing
+  pod per torchrun node, c10d rendezvous on pod 0, recovery by replacing the pods) writing
   `training/ds=D/run-<fp>/` where the publish gate reads, and the index-build Job.
 
 `ds`, `work_dir` and `warm_start` are strings: literal values, or the Jinja expressions
@@ -40,6 +40,7 @@ RUNNER_SA = "mind-runner"
 PVC = "mind-data"
 TRAIN_SERVICE = "mind-train"  # headless: <job>-<index>.mind-train resolves each trainer pod
 RDZV_PORT = 29500
+JOB_RECOVERIES = 3  # times the training Job may replace all of its pods (resuming from last.pt)
 PART_OF = {"app.kubernetes.io/part-of": "mind-pipeline"}
 
 Obj = dict[str, Any]
@@ -158,8 +159,9 @@ def spark_application(cfg: PipelineConfig, job: str, ds: str, args: list[str]) -
 
 def training_args(cfg: PipelineConfig, seq_dir: str, work_dir: str, warm_start: str,
                   flags: list[str]) -> list[str]:
-    """torchrun's arguments on every node: elastic c10d rendezvous on pod 0 of this Job
-    (JOB_NAME from the pod's label), restarts of all workers when one fails."""
+    """torchrun's arguments on every node: c10d rendezvous on pod 0 of this Job (JOB_NAME
+    from the pod's label); `--max-restarts` in-place restarts (default 0: a failed worker
+    ends every node's torchrun, the Job replaces the pods and training resumes from last.pt)."""
     nproc = cfg.train_gpus or cfg.train_nproc
     return [f"--nnodes={cfg.train_nodes}", f"--nproc-per-node={nproc}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint=$(JOB_NAME)-0.{TRAIN_SERVICE}:{RDZV_PORT}",
@@ -210,8 +212,8 @@ def training_job_spec(cfg: PipelineConfig) -> Obj:
     """The Job fields around the pod template (also the operator's arguments)."""
     return {"completionMode": "Indexed", "completions": cfg.train_nodes,
             "parallelism": cfg.train_nodes,
-            # replaced pods count against this budget (torchrun restarts within a pod do not)
-            "backoffLimit": cfg.train_nodes * (cfg.train_max_restarts + 1)}
+            # a failure ends every node's torchrun: each recovery replaces all the pods
+            "backoffLimit": cfg.train_nodes * JOB_RECOVERIES}
 
 
 def training_job(cfg: PipelineConfig, ds: str, fingerprint: str, seq_dir: str, work_dir: str,

@@ -204,7 +204,7 @@ def test_names_are_unique_per_ds_and_fit_dns_labels():
 
 def test_training_job_is_elastic_torchrun_on_the_headless_service(tmp_path):
     """Indexed Job + c10d rendezvous on pod 0 (named through the headless Service) +
-    --max-restarts, writing into the run folder the publish gate reads."""
+    recovery by pod replacement, writing into the run folder the publish gate reads."""
     root = tmp_path / "data"
     seq = root / "sequences" / f"ds={DS}"
     seq.mkdir(parents=True)
@@ -220,7 +220,8 @@ def test_training_job_is_elastic_torchrun_on_the_headless_service(tmp_path):
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 3
     assert "--nnodes=3" in args and "--nproc-per-node=4" in args
-    assert "--rdzv-backend=c10d" in args and "--max-restarts=3" in args
+    assert "--rdzv-backend=c10d" in args and "--max-restarts=0" in args
+    assert spec["backoffLimit"] == 3 * 3  # three replacements of all the pods
     assert f"--rdzv-endpoint=$(JOB_NAME)-0.{TRAIN_SERVICE}:{RDZV_PORT}" in args
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == \
