@@ -44,6 +44,8 @@ Airflow worker, e.g. /data):
 - gpu_image (MIND_GPU_IMAGE; MIND_IMAGE): the CUDA image used by training and the index
 - k8s_namespace (MIND_K8S_NAMESPACE; mind), k8s_conn_id (MIND_K8S_CONN_ID;
   kubernetes_default)
+- airflow_sa (MIND_K8S_AIRFLOW_SA; airflow-worker): the Airflow workers' ServiceAccount, bound
+  to the Role that lets them create and watch the pipeline's SparkApplications, Jobs and pods
 - storage_class (MIND_K8S_STORAGE_CLASS; cluster default): class of the ReadWriteMany PVC
 - pvc_size (MIND_K8S_PVC_SIZE; 500Gi)
 - train_nodes (MIND_TRAIN_NODES; 2): torchrun nodes (pods); each runs `train_nproc`
@@ -117,6 +119,7 @@ class PipelineConfig:
     gpu_image: str | None = None
     k8s_namespace: str = "mind"
     k8s_conn_id: str = "kubernetes_default"
+    airflow_sa: str = "airflow-worker"
     storage_class: str | None = None
     pvc_size: str = "500Gi"
     train_nodes: int = 2
@@ -226,6 +229,7 @@ def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
         gpu_image=get("MIND_GPU_IMAGE", str, None),
         k8s_namespace=get("MIND_K8S_NAMESPACE", str, d.k8s_namespace),
         k8s_conn_id=get("MIND_K8S_CONN_ID", str, d.k8s_conn_id),
+        airflow_sa=get("MIND_K8S_AIRFLOW_SA", str, d.airflow_sa),
         storage_class=get("MIND_K8S_STORAGE_CLASS", str, None),
         pvc_size=get("MIND_K8S_PVC_SIZE", str, d.pvc_size),
         train_nodes=get("MIND_TRAIN_NODES", int, d.train_nodes),

@@ -7,9 +7,10 @@ when they differ). Two kinds of objects:
 
 - cluster set-up, applied once (`python -m orchestration.k8s --setup | kubectl apply -f -`):
   the `spark` ServiceAccount + Role + RoleBinding (the Spark driver creates its executor
-  pods), the `mind-runner` ServiceAccount (training and index pods: no API token), the
-  ReadWriteMany data PVC and the headless Service that names the training pods for the
-  torchrun rendezvous;
+  pods), the `mind-airflow` Role bound to the Airflow workers' ServiceAccount (they create
+  and watch SparkApplications, Jobs and pods), the `mind-runner` ServiceAccount (training
+  and index pods: no API token), the ReadWriteMany data PVC and the headless Service that
+  names the training pods for the torchrun rendezvous;
 - per ds, with names unique per ds (the operators add a random suffix per try):
   SparkApplications of build_sequences and embed_users, the training Job (Indexed: one
   pod per torchrun node, c10d rendezvous on pod 0, recovery by replacing the pods) writing
@@ -37,6 +38,7 @@ UID = GID = 1000  # the image's `mind` user (infra/Dockerfile)
 SPARK_VERSION = "3.5.9"  # the pyspark of requirements.lock
 SPARK_SA = "spark"
 RUNNER_SA = "mind-runner"
+AIRFLOW_ROLE = "mind-airflow"
 PVC = "mind-data"
 TRAIN_SERVICE = "mind-train"  # headless: <job>-<index>.mind-train resolves each trainer pod
 RDZV_PORT = 29500
@@ -104,6 +106,20 @@ def setup_objects(cfg: PipelineConfig) -> list[Obj]:
          "metadata": meta(SPARK_SA, "spark"),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SPARK_SA},
          "subjects": [{"kind": "ServiceAccount", "name": SPARK_SA, "namespace": ns}]},
+        # the Airflow workers submit and watch the pipeline's objects (the provider's operators)
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": meta(AIRFLOW_ROLE, "airflow"),
+         "rules": [{"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"],
+                    "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+                   {"apiGroups": ["batch"], "resources": ["jobs"],
+                    "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+                   {"apiGroups": [""], "resources": ["pods", "pods/log", "events"],
+                    "verbs": ["get", "list", "watch", "patch", "delete"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": meta(AIRFLOW_ROLE, "airflow"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": AIRFLOW_ROLE},
+         "subjects": [{"kind": "ServiceAccount", "name": cfg.airflow_sa, "namespace": ns}]},
         # training and index pods call no Kubernetes API: no token in them
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(RUNNER_SA, "runner"),
          "automountServiceAccountToken": False},

@@ -8,7 +8,8 @@ finishes the work; mind_model.train resumes from last.pt (tests/test_train.py).
 
 In-place restarts (`--max-restarts` > 0) were tried on torch 2.13 with gloo: after a
 worker's crash, or after one agent was killed and started again, the next rendezvous round
-timed out on every node (role_info / MASTER_ADDR keys never written), in 4 trials of 4.
+timed out or failed on every node (role_info / MASTER_ADDR keys never written, or the
+rendezvous closed), in 5 trials of 5 (4 worker crashes, 1 agent killed and started again).
 That is why the default is 0 and recovery is the Job's."""
 from __future__ import annotations
 

@@ -173,6 +173,13 @@ def test_storage_class_is_configurable_and_identity_is_minimal():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SPARK_SA,
                                     "namespace": "mind"}]
     assert setup[("ServiceAccount", "mind-runner")]["automountServiceAccountToken"] is False
+    # the Airflow workers may drive exactly what the kubernetes mode submits
+    airflow = setup[("Role", "mind-airflow")]["rules"]
+    granted = {(g, r) for rule in airflow for g in rule["apiGroups"] for r in rule["resources"]
+               if "create" in rule["verbs"] or r.startswith("pods")}
+    assert {("sparkoperator.k8s.io", "sparkapplications"), ("batch", "jobs"),
+            ("", "pods"), ("", "pods/log")} <= granted
+    assert setup[("RoleBinding", "mind-airflow")]["subjects"][0]["name"] == "airflow-worker"
 
 
 def test_spark_applications_run_this_repositorys_jobs_with_the_image():
