@@ -202,3 +202,18 @@ def test_operations_doc_mentions_the_knobs(doc):
     text = (INFRA / doc).read_text()
     for must in ("MIND_SPARK_MASTER", "spark_mind", "rollback", "torchrun", "current.json"):
         assert must in text, must
+
+
+def test_operations_doc_cites_tests_that_exist():
+    """OPERATIONS.md says which test shows each statement: those tests must exist."""
+    text = (INFRA / "OPERATIONS.md").read_text()
+    cited = set(re.findall(r"\b(test_\w+)", text)) - {f.stem for f in REPO_ROOT.glob("tests/*.py")}
+    defined = set()
+    for f in (REPO_ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", f.read_text(), flags=re.M))
+    missing = {c for c in cited if c not in defined  # `test_x_*` names a family
+               and not (c.endswith("_") and any(d.startswith(c) for d in defined))}
+    assert cited and not missing, sorted(missing)
+    for f in re.findall(r"tests/(test_\w+)\.py", text):
+        assert (REPO_ROOT / "tests" / f"{f}.py").is_file(), f
+
