@@ -81,6 +81,12 @@ gpu-check: $(STAMP)
 serve: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m serving.service --root $(DATA_ROOT)
 
+# Rewrite the Kubernetes examples in infra/k8s/ from orchestration/k8s.py (a test fails when
+# they differ from the code). `python -m orchestration.k8s --setup` prints the one-time objects.
+.PHONY: k8s-examples
+k8s-examples: $(STAMP)
+	$(PY) -m orchestration.k8s --write infra/k8s
+
 # Regenerate the fully pinned lock from requirements.in (needs the package registry).
 lock:
 	rm -rf .venv-lock && $(PYTHON_BOOT) -m venv .venv-lock

@@ -50,6 +50,11 @@ def mind_backfill():
         """One spark-submit per date, oldest first, through the `spark_mind` connection."""
         from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+        if CFG.execution != "local":  # one SparkApplication per date would need ordering
+            raise ValueError("mind_backfill rebuilds with spark-submit (MIND_EXECUTION=local); "
+                             "on Kubernetes run `airflow backfill create --dag-id mind_daily "
+                             "--from-date ... --to-date ... --max-active-runs 1`")
+
         for ds in days:
             SparkSubmitHook(conn_id=CFG.spark_conn_id,
                             application_args=CFG.prep_args(ds),

@@ -3,6 +3,10 @@
 Only Airflow objects are built here; what each task decides lives in
 `orchestration.steps` and the jobs themselves, imported inside the tasks.
 Configuration: `orchestration.config` (environment variables, documented there).
+`MIND_EXECUTION` chooses where the heavy tasks run, with the same DAGs: `local`
+(spark-submit to the `spark_mind` master, torchrun and the index build in the Airflow
+worker) or `kubernetes` (SparkApplications, an Indexed Job of torchrun nodes and an index
+Job, all rendered by `orchestration.k8s`). The gate and publish run in the worker in both.
 """
 from __future__ import annotations
 
@@ -28,8 +32,19 @@ def asset(cfg: PipelineConfig, what: str) -> Asset:
     return Asset(uri=f"file://{cfg.data_root}/{what}")
 
 
-def spark_job(cfg: PipelineConfig, task_id: str, job: str, args: list[str], **kwargs):
-    """A Spark job submitted to the master of the `spark_mind` connection."""
+def spark_job(cfg: PipelineConfig, task_id: str, job: str, args: list[str], ds: str, **kwargs):
+    """A Spark job: submitted to the master of the `spark_mind` connection (local), or a
+    SparkApplication for ds (kubernetes). `ds` and `args` may hold Jinja."""
+    if cfg.execution == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import (
+            SparkKubernetesOperator,
+        )
+
+        from orchestration.k8s import spark_application
+
+        return SparkKubernetesOperator(
+            task_id=task_id, namespace=cfg.k8s_namespace, kubernetes_conn_id=cfg.k8s_conn_id,
+            template_spec=spark_application(cfg, job, ds, args), get_logs=True, **kwargs)
     return SparkSubmitOperator(
         task_id=task_id, conn_id=cfg.spark_conn_id, application=cfg.spark_job(job),
         application_args=args,
@@ -37,9 +52,48 @@ def spark_job(cfg: PipelineConfig, task_id: str, job: str, args: list[str], **kw
         **kwargs)
 
 
-def xcom(task_id: str) -> str:
-    """Jinja for the ds returned by `task_id` (templated operator arguments)."""
-    return "{{ ti.xcom_pull(task_ids='%s') }}" % task_id
+def xcom(task_id: str, key: str | None = None) -> str:
+    """Jinja for the value returned by `task_id` (templated operator arguments), or for one
+    key of the dict it returned."""
+    pick = f"['{key}']" if key else ""
+    return "{{ ti.xcom_pull(task_ids='%s')%s }}" % (task_id, pick)
+
+
+def k8s_job(cfg: PipelineConfig, task_id: str, pod_template: dict, job_spec: dict, **kwargs):
+    """A Kubernetes Job of `pod_template` (Jinja rendered at run time); waits for it."""
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+
+    return KubernetesJobOperator(
+        task_id=task_id, namespace=cfg.k8s_namespace, kubernetes_conn_id=cfg.k8s_conn_id,
+        pod_template_dict=pod_template, completion_mode=job_spec.get("completionMode"),
+        completions=job_spec["completions"], parallelism=job_spec["parallelism"],
+        backoff_limit=job_spec["backoffLimit"], wait_until_job_complete=True, get_logs=True,
+        ttl_seconds_after_finished=86400, **kwargs)
+
+
+def kubernetes_train(cfg: PipelineConfig, ds, ds_task_id: str):
+    """plan_train (in the worker: the run's folder, old folders removed) -> the training Job
+    writing where the gate reads. Returns (first, last)."""
+    from orchestration.k8s import training_job_spec, training_pod_template
+    from orchestration.steps import train_flags
+
+    @task
+    def plan_train(day: str) -> dict:
+        from orchestration.steps import prepare_training
+
+        plan = prepare_training(cfg, day)
+        return {"seq_dir": plan["seq_dir"], "work_dir": plan["work_dir"],
+                "fingerprint": plan["fingerprint"], "warm_start": plan["warm_start_from"] or ""}
+
+    pod = training_pod_template(cfg, xcom(ds_task_id), xcom("plan_train", "seq_dir"),
+                                xcom("plan_train", "work_dir"), xcom("plan_train", "warm_start"),
+                                train_flags(cfg))
+    job = k8s_job(cfg, "train", pod, training_job_spec(cfg),
+                  name="mind-train-" + xcom("plan_train", "fingerprint"),
+                  outlets=[asset(cfg, "training")])
+    first = plan_train(ds)
+    first >> job
+    return first, job
 
 
 def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
@@ -70,7 +124,7 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
         return result
 
     embed = spark_job(cfg, "embed_users", "embed_users", cfg.embed_args(xcom(ds_task_id)),
-                      outlets=[asset(cfg, "embeddings")])
+                      xcom(ds_task_id), outlets=[asset(cfg, "embeddings")])
 
     @task.bash(outlets=[asset(cfg, "index")])
     def build_index(day: str) -> str:
@@ -90,9 +144,17 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
             raise AirflowSkipException(why)
         return publish_version(cfg.data_root, day)
 
-    first = train(ds)
+    if cfg.execution == "kubernetes":
+        from orchestration.k8s import INDEX_JOB_SPEC, index_pod_template
+
+        first, trained = kubernetes_train(cfg, ds, ds_task_id)
+        index = k8s_job(cfg, "build_index", index_pod_template(cfg, xcom(ds_task_id)),
+                        INDEX_JOB_SPEC, name="mind-build-index",
+                        outlets=[asset(cfg, "index")])
+    else:
+        first = trained = train(ds)
+        index = build_index(ds)
     gate = evaluate_gate(ds)
-    index = build_index(ds)
     last = publish(ds)
-    first >> gate >> embed >> index >> last
+    trained >> gate >> embed >> index >> last
     return first, last

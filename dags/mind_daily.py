@@ -51,7 +51,7 @@ def mind_daily():
 
     ds = resolve_ds()
     sequences = spark_job(CFG, "build_sequences", "build_sequences",
-                          CFG.prep_args(xcom("resolve_ds")),
+                          CFG.prep_args(xcom("resolve_ds")), xcom("resolve_ds"),
                           outlets=[asset(CFG, "sequences")])
     first, _ = model_chain(CFG, ds, "resolve_ds")
     ds >> sequences >> first

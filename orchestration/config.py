@@ -32,6 +32,30 @@ Settings, as `setting (environment variable; default): meaning`:
   `--recall-threshold 0.9`
 - retries (MIND_RETRIES; 2): retries of every task
 - retry_delay_s (MIND_RETRY_DELAY_S; 120): seconds between retries
+- execution (MIND_EXECUTION; local): `local` runs Spark through spark-submit (connection
+  `spark_mind`) and torchrun / the index build inside the Airflow worker; `kubernetes` runs
+  them as pods (SparkApplications, an Indexed Job of torchrun nodes, an index Job) rendered
+  by `orchestration.k8s` (infra/OPERATIONS.md)
+
+Kubernetes mode only (`data_root` is then the PVC's mount path in every pod and in the
+Airflow worker, e.g. /data):
+
+- image (MIND_IMAGE; required): the pipeline image with registry and a fixed tag
+- gpu_image (MIND_GPU_IMAGE; MIND_IMAGE): the CUDA image used by training and the index
+- k8s_namespace (MIND_K8S_NAMESPACE; mind), k8s_conn_id (MIND_K8S_CONN_ID;
+  kubernetes_default)
+- airflow_sa (MIND_K8S_AIRFLOW_SA; airflow-worker): the Airflow workers' ServiceAccount, bound
+  to the Role that lets them create and watch the pipeline's SparkApplications, Jobs and pods
+- storage_class (MIND_K8S_STORAGE_CLASS; cluster default): class of the ReadWriteMany PVC
+- pvc_size (MIND_K8S_PVC_SIZE; 500Gi)
+- train_nodes (MIND_TRAIN_NODES; 2): torchrun nodes (pods); each runs `train_nproc`
+  processes (one per GPU where train_gpus > 0)
+- train_gpus (MIND_TRAIN_GPUS; 0): GPUs per training pod (0 = CPU training)
+- train_max_restarts (MIND_TRAIN_MAX_RESTARTS; 0): torchrun --max-restarts (in-place
+  restarts of all workers; 0 = a failure ends every node's torchrun and the Job replaces the
+  pods, see infra/OPERATIONS.md)
+- spark_executors (MIND_SPARK_EXECUTORS; 2), executor_cores (MIND_SPARK_EXECUTOR_CORES; 2),
+  executor_memory (MIND_SPARK_EXECUTOR_MEMORY; 4g)
 """
 from __future__ import annotations
 
@@ -46,6 +70,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPARK_CONN_ID = "spark_mind"
 # What the launcher and the tests put in AIRFLOW_CONN_SPARK_MIND when it is unset.
 LOCAL_SPARK_CONNECTION = '{"conn_type": "spark", "host": "local[*]"}'
+
+
+EXECUTION_MODES = ("local", "kubernetes")
+
+
+def _pinned_image(ref: str) -> bool:
+    """registry/name:tag or name@sha256:..., with a registry host and a tag other than latest."""
+    if "@sha256:" in ref:
+        return "/" in ref
+    name, _, tag = ref.rpartition(":")
+    return bool(name) and "/" in name and tag not in ("", "latest") and "/" not in tag
 
 
 def _parse_conf(text: str) -> dict[str, str]:
@@ -79,6 +114,20 @@ class PipelineConfig:
     index_args: tuple[str, ...] = ()
     retries: int = 2
     retry_delay_s: int = 120
+    execution: str = "local"
+    image: str | None = None
+    gpu_image: str | None = None
+    k8s_namespace: str = "mind"
+    k8s_conn_id: str = "kubernetes_default"
+    airflow_sa: str = "airflow-worker"
+    storage_class: str | None = None
+    pvc_size: str = "500Gi"
+    train_nodes: int = 2
+    train_gpus: int = 0
+    train_max_restarts: int = 0
+    spark_executors: int = 2
+    executor_cores: int = 2
+    executor_memory: str = "4g"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_root", Path(self.data_root).absolute())
@@ -86,6 +135,17 @@ class PipelineConfig:
             raise ValueError("train_nproc, lookback_days and index_shards must be >= 1")
         if self.gate_margin < 0:
             raise ValueError("gate_margin must be >= 0")
+        if self.execution not in EXECUTION_MODES:
+            raise ValueError(f"MIND_EXECUTION: one of {EXECUTION_MODES}, got {self.execution!r}")
+        if self.execution == "kubernetes":
+            for name, image in (("MIND_IMAGE", self.image), ("MIND_GPU_IMAGE", self.gpu_image)):
+                if image is not None and not _pinned_image(image):
+                    raise ValueError(f"{name}: {image!r} needs a registry and a fixed tag or "
+                                     "digest (not :latest), e.g. ghcr.io/org/mind-pipeline:0.1.0")
+            if self.image is None:
+                raise ValueError("MIND_IMAGE is required with MIND_EXECUTION=kubernetes")
+            if self.train_nodes < 1 or self.train_gpus < 0 or self.train_max_restarts < 0:
+                raise ValueError("train_nodes >= 1, train_gpus >= 0, train_max_restarts >= 0")
 
     # ------------------------------------------------------------ command lines
 
@@ -124,8 +184,10 @@ class PipelineConfig:
             "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
             "PYTHONHASHSEED": "0",
         }
-        if os.environ.get("JAVA_HOME"):
-            env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+        # the driver's advertised/bind address (jobs.spark), for executors on other hosts
+        for name in ("JAVA_HOME", "MIND_SPARK_DRIVER_HOST", "MIND_SPARK_DRIVER_BIND"):
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         return env
 
     def spark_job(self, name: str) -> str:
@@ -162,4 +224,18 @@ def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
         index_args=get("MIND_INDEX_ARGS", lambda s: tuple(shlex.split(s)), ()),
         retries=get("MIND_RETRIES", int, d.retries),
         retry_delay_s=get("MIND_RETRY_DELAY_S", int, d.retry_delay_s),
+        execution=get("MIND_EXECUTION", str, d.execution),
+        image=get("MIND_IMAGE", str, None),
+        gpu_image=get("MIND_GPU_IMAGE", str, None),
+        k8s_namespace=get("MIND_K8S_NAMESPACE", str, d.k8s_namespace),
+        k8s_conn_id=get("MIND_K8S_CONN_ID", str, d.k8s_conn_id),
+        airflow_sa=get("MIND_K8S_AIRFLOW_SA", str, d.airflow_sa),
+        storage_class=get("MIND_K8S_STORAGE_CLASS", str, None),
+        pvc_size=get("MIND_K8S_PVC_SIZE", str, d.pvc_size),
+        train_nodes=get("MIND_TRAIN_NODES", int, d.train_nodes),
+        train_gpus=get("MIND_TRAIN_GPUS", int, d.train_gpus),
+        train_max_restarts=get("MIND_TRAIN_MAX_RESTARTS", int, d.train_max_restarts),
+        spark_executors=get("MIND_SPARK_EXECUTORS", int, d.spark_executors),
+        executor_cores=get("MIND_SPARK_EXECUTOR_CORES", int, d.executor_cores),
+        executor_memory=get("MIND_SPARK_EXECUTOR_MEMORY", str, d.executor_memory),
     )

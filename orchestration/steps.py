@@ -112,6 +112,14 @@ def _data_fingerprint(seq_dir: Path) -> dict[str, Any]:
     return stats
 
 
+def train_flags(cfg: PipelineConfig) -> list[str]:
+    """mind_model.train's flags from the configuration (the same on every node)."""
+    flags = ["--epochs", str(cfg.train_epochs), "--patience", str(cfg.train_patience)]
+    if cfg.train_settings is not None:
+        flags += ["--settings", str(Path(cfg.train_settings).absolute())]
+    return [*flags, *cfg.train_args]
+
+
 def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
     """Where and how ds is trained (pure: reads the sequences' stats and the pointer)."""
     layout = DataLayout(cfg.data_root)
@@ -121,14 +129,12 @@ def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
                                 f"ds={ds} first")
     base = baseline_version(cfg.data_root, ds)
     warm = str(cfg.data_root / base["model"]) if base else None
-    flags = ["--epochs", str(cfg.train_epochs), "--patience", str(cfg.train_patience)]
+    flags = train_flags(cfg)
     settings = None
     if cfg.train_settings is not None:  # tuned on valid users: part of the run's identity
         from mind_model.train import load_settings  # torch: only when a settings file is used
 
         settings = load_settings(cfg.train_settings)
-        flags += ["--settings", str(Path(cfg.train_settings).absolute())]
-    flags += cfg.train_args
     key = json.dumps({"data": _data_fingerprint(seq_dir), "flags": flags, "settings": settings,
                       "nproc": cfg.train_nproc,
                       "warm_start": base and base["model_version"]}, sort_keys=True, default=str)
@@ -138,8 +144,9 @@ def plan_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
             "warm_start_from": warm, "baseline": base, "flags": flags}
 
 
-def train_command(cfg: PipelineConfig, ds: str) -> str:
-    """The torchrun command of ds; removes the work folders of other inputs for ds first."""
+def prepare_training(cfg: PipelineConfig, ds: str) -> dict[str, Any]:
+    """plan_training, after removing the work folders of other inputs for ds (a run with
+    these inputs resumes in its own folder)."""
     plan = plan_training(cfg, ds)
     work = Path(plan["work_dir"])
     work.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +154,13 @@ def train_command(cfg: PipelineConfig, ds: str) -> str:
         if other.name != work.name:
             log.info("removing the training folder of other inputs: %s", other)
             shutil.rmtree(other, ignore_errors=True)
+    return plan
+
+
+def train_command(cfg: PipelineConfig, ds: str) -> str:
+    """The torchrun command of ds; removes the work folders of other inputs for ds first."""
+    plan = prepare_training(cfg, ds)
+    work = Path(plan["work_dir"])
     torchrun = Path(sys.executable).parent / "torchrun"
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m",
                                                           "torch.distributed.run"]

@@ -1,7 +1,7 @@
 """Where the Spark master comes from (no JVM needed)."""
 from __future__ import annotations
 
-from jobs.spark import DEFAULT_MASTER, MASTER_ENV, resolve_master
+from jobs.spark import DEFAULT_MASTER, MASTER_ENV, driver_address_conf, resolve_master
 
 
 def test_master_precedence(monkeypatch):
@@ -29,3 +29,15 @@ def test_job_flags_parse_master_and_conf():
                       "--conf", "spark.a=1", "--conf", "spark.b=x=y"])
     assert cfg.master == "local[1]"
     assert cfg.spark_conf == {"spark.a": "1", "spark.b": "x=y"}
+
+
+def test_driver_address_is_loopback_unless_configured():
+    assert driver_address_conf({}) == {"spark.driver.host": "127.0.0.1",
+                                       "spark.driver.bindAddress": "127.0.0.1"}
+    # an address of this host: listen and advertise it
+    assert driver_address_conf({"MIND_SPARK_DRIVER_HOST": "10.0.0.2"}) == {
+        "spark.driver.host": "10.0.0.2", "spark.driver.bindAddress": "10.0.0.2"}
+    # a name that resolves elsewhere (NAT, container name): listen on all addresses
+    assert driver_address_conf({"MIND_SPARK_DRIVER_HOST": "airflow",
+                                "MIND_SPARK_DRIVER_BIND": "0.0.0.0"}) == {
+        "spark.driver.host": "airflow", "spark.driver.bindAddress": "0.0.0.0"}
