@@ -132,7 +132,7 @@ def read_current(root: Path | str) -> Pointer:
     return Pointer(layout.root, data)
 
 
-def _current_or_backup(root: Path) -> dict[str, Any] | None:
+def current_or_backup(root: Path) -> dict[str, Any] | None:
     """The current pointer's data; from the backup when current.json is corrupt; None if
     nothing was published (or neither file can be read: the history is lost)."""
     try:
@@ -210,7 +210,7 @@ def publish(root: Path | str, ds: str) -> Pointer:
     """Make the model + index + user vectors of `ds` current, in one atomic step."""
     root = Path(root)
     new = version_pointer(root, ds)
-    old = _current_or_backup(root)
+    old = current_or_backup(root)
     if old is not None and all(old.get(k) == new[k] for k in ("ds", "model_version", *ARTEFACTS)):
         if not _readable(root):  # a corrupt current.json: restored from its backup
             write_json(DataLayout(root).current, old)
@@ -234,7 +234,7 @@ def _readable(root: Path) -> bool:
 def rollback(root: Path | str) -> Pointer:
     """Make the previous version current again (its artefacts are re-checked first)."""
     root = Path(root)
-    data = _current_or_backup(root)
+    data = current_or_backup(root)
     if data is None:
         raise PublishError(f"nothing to roll back under {root}: no readable {CURRENT} or "
                            f"{BACKUP}; publish a ds (python -m jobs.publish --ds DS)")

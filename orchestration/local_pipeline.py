@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artefacts.cli import run_main
 from artefacts.storage import write_text
 from orchestration.airflow_local import airflow_env, migrate, refresh_assets, run_daily_dag
 from orchestration.config import PROJECT_ROOT
@@ -49,6 +50,12 @@ DEFAULTS = dict(days=3, events=100_000, users=5_000, items=1_000, epochs=4, npro
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Expected failures (bad flags, unreadable --data) -> one line, exit 2 (--debug: the
+    traceback)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", default=str(PROJECT_ROOT / "data"))
     p.add_argument("--airflow-home", default=str(PROJECT_ROOT / "airflow_home"))
@@ -68,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.data and not args.format:
         p.error("--data needs --format (movielens, amazon-seq, taobao, amazon-ratings)")
+    for flag in ("days", "events", "users", "items", "epochs", "nproc"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -99,10 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     say(f"report: {out / 'report.md'} (+ {', '.join(pngs)})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from artefacts.layout import EVALUATION, DataLayout, check_ds
-from artefacts.pointer import NoCurrentVersion, model_version, publish, read_current
+from artefacts.pointer import current_or_backup, model_version, publish
 from artefacts.storage import staged_dir, write_json
 from orchestration import runs
 from orchestration.config import PROJECT_ROOT, PipelineConfig
@@ -67,10 +67,8 @@ def date_range(start: str, end: str) -> list[str]:
 
 
 def _current(root: Path) -> dict[str, Any] | None:
-    try:
-        return read_current(root).data
-    except NoCurrentVersion:
-        return None
+    # a corrupt current.json is read from its backup (with a warning); publish repairs it
+    return current_or_backup(root)
 
 
 def baseline_version(root: Path | str, ds: str) -> dict[str, Any] | None:

@@ -32,6 +32,8 @@ from jobs import publish as publish_job
 from jobs.build_index import IndexConfig, check_resources
 from jobs.validation import InputError
 from mind_model.checkpoint import CheckpointError, load_model
+from orchestration import local_pipeline as local_pipeline_job
+from orchestration import steps
 from serving import retrieval
 from serving.retrieval import NoKnownItems, Retriever
 from tests.conftest import REPO_ROOT, build_published_root
@@ -323,6 +325,8 @@ def test_truncated_pointer_is_named_and_repaired(served, tmp_path, capsys, repai
         read_current(root)
     assert_main_error(capsys, retrieval.main, ["--root", str(root), "--user-id", "u1", "--cpu"],
                       str(current), "--ds")
+    # the daily DAG's next run reads the backup (its baseline is the served version)
+    assert steps.baseline_version(root, "2099-01-01")["ds"] == DS
     if repair == "publish":
         assert publish_job.main(["--data-root", str(root), "--ds", DS]) == 0
         assert read_current(root).data == good  # restored whole from the backup
@@ -351,6 +355,7 @@ BAD_FLAGS = [
     (build_index_job, ["--ds", "2026-02-30"], "--ds"),
     (embed_users_job, ["--ds", DS, "--batch-size", "0"], "--batch-size"),
     (publish_job, ["--ds", "2026-13-45"], "--ds"),
+    (local_pipeline_job, ["--days", "0"], "--days"),
 ]
 
 
