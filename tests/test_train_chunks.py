@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ingest.importers import import_any
 from ingest.sample_data import generate
 from jobs.build_sequences import PrepConfig, run
 from mind_model.data import expand_chunks, read_train
 from mind_model.reader import shard_samples, shuffled_batches, train_batches
 from schemas import PAD_IDX, PROFILE_COLUMNS
+from tests.conftest import import_beauty
 
 pytestmark = pytest.mark.spark
 
@@ -81,10 +81,7 @@ def test_generated_logs(spark, tmp_path):
 
 @pytest.mark.slow
 def test_amazon_beauty(spark, shared_datasets, tmp_path):
-    folder = shared_datasets / "amazon_beauty"
-    result = import_any("amazon-seq", [folder / "Beauty.txt",
-                                       folder / "Beauty_item2attributes.json"], tmp_path / "raw")
-    (ds,) = result.rows_per_ds
+    ds = import_beauty(shared_datasets, tmp_path / "raw")
     stats = run(PrepConfig(data_root=tmp_path, ds=ds, lookback_days=1, min_row_groups=4), spark)
     check(tmp_path, stats, max_len=50, min_user=5)
 
