@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,23 @@ def peak_rss_of_tree(proc: subprocess.Popen, stop: threading.Event, out: dict) -
             pass
         stop.wait(0.2)
     out["peak_rss_bytes"] = peak
+
+
+_STAGE = re.compile(r"\[\d+/\d+\] (.*?) \(([\d.]+)s elapsed\)|wrote (\S+) in ([\d.]+)s")
+
+
+def profile(output: str) -> dict[str, float]:
+    """Seconds per stage of the job and per table written, from its log."""
+    out, last = {}, None
+    for m in _STAGE.finditer(output):
+        if m.group(1):  # a stage starts: the previous one ends
+            t = float(m.group(2))
+            if last:
+                out[f"stage: {last[0]}"] = round(t - last[1], 1)
+            last = (m.group(1).split(" /")[0], t)
+        else:
+            out[f"write: {m.group(3)}"] = float(m.group(4))
+    return out
 
 
 def folder_bytes(path: Path) -> int:
@@ -77,7 +95,8 @@ def run_job(raw: Path, data_root: Path, driver_memory: str, checkout: Path,
     out = data_root / "sequences" / f"ds={END_DS}"
     stats = json.loads((out / "stats.json").read_text())
     return {"seconds": seconds, "peak_rss_bytes": mem["peak_rss_bytes"], "stats": stats,
-            "bytes": folder_bytes(out), "train_bytes": folder_bytes(out / "train")}
+            "bytes": folder_bytes(out), "train_bytes": folder_bytes(out / "train"),
+            "profile": profile(output)}
 
 
 def git_commit(checkout: Path) -> str:
@@ -100,7 +119,8 @@ def result_row(n: int, gen_s: float, raw_bytes: int, variant: str, checkout: Pat
             "raw_bytes_per_event": round(raw_bytes / n, 1),
             "kept": c["kept"], "train_samples": r["stats"]["train_samples"],
             "train_chunks": r["stats"].get("train_chunks"),
-            "users": r["stats"]["users"]["total"], "items": r["stats"]["items"]}
+            "users": r["stats"]["users"]["total"], "items": r["stats"]["items"],
+            "job_seconds_inside": r["stats"]["seconds"], "profile": r["profile"]}
 
 
 def scaling(results: list[dict]) -> dict[str, dict]:

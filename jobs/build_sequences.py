@@ -432,7 +432,10 @@ def write_table(df: DataFrame, path: Path, table: Table, *, files: int,
         df = df.repartition(files, sort_by[0]).sortWithinPartitions(*sort_by)
     else:
         df = df.coalesce(files)
+    t0 = time.time()
     _conform(df, table).write.mode("overwrite").parquet(str(path))
+    log.info("wrote %s in %.1fs", path.relative_to(path.parents[1]) if table is VOCAB
+             else path.name, time.time() - t0)  # where the time goes (bench-prep reports it)
 
 
 def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
