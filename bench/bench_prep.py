@@ -35,17 +35,23 @@ DAYS = 7
 
 
 def peak_rss_of_tree(proc: subprocess.Popen, stop: threading.Event, out: dict) -> None:
-    """Sample the summed RSS of `proc` and its descendants until `stop` is set."""
-    peak = 0
+    """Sample the summed RSS of `proc` and its descendants until `stop` is set, and their
+    CPU seconds (user + system, the last sample of each process): on a shared, overloaded
+    machine CPU time says more about the job's cost than wall time."""
+    peak, cpu = 0, {}
     root = psutil.Process(proc.pid)
     while not stop.is_set():
         try:
             procs = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            for p in procs:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
         except psutil.Error:
             pass
         stop.wait(0.2)
     out["peak_rss_bytes"] = peak
+    out["cpu_seconds"] = sum(cpu.values())
 
 
 _STAGE = re.compile(r"\[\d+/\d+\] (.*?) \(([\d.]+)s elapsed\)|wrote (\S+) in ([\d.]+)s")
@@ -95,6 +101,7 @@ def run_job(raw: Path, data_root: Path, driver_memory: str, checkout: Path,
     out = data_root / "sequences" / f"ds={END_DS}"
     stats = json.loads((out / "stats.json").read_text())
     return {"seconds": seconds, "peak_rss_bytes": mem["peak_rss_bytes"], "stats": stats,
+            "cpu_seconds": mem["cpu_seconds"],
             "bytes": folder_bytes(out), "train_bytes": folder_bytes(out / "train"),
             "profile": profile(output)}
 
@@ -114,6 +121,7 @@ def result_row(n: int, gen_s: float, raw_bytes: int, variant: str, checkout: Pat
         return {**row, "failed": r["failed"]}
     c = r["stats"]["counts"]
     return {**row, "events_per_second": round(n / r["seconds"]),
+            "cpu_seconds": round(r["cpu_seconds"], 1),
             "bytes_written_per_event": round(r["bytes"] / n, 1),
             "train_bytes_per_raw_byte": round(r["train_bytes"] / raw_bytes, 3),
             "raw_bytes_per_event": round(raw_bytes / n, 1),
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{row['failed'][-300:]}", flush=True)
                 else:
                     print(f"{n:>12,} events [{label} {row['commit']}]: {row['job_seconds']:>7.1f}s "
+                          f"({row['cpu_seconds']:.0f} CPU s) "
                           f"{row['events_per_second']:>9,} events/s  peak "
                           f"{row['peak_rss_gib']:.2f} GiB  {row['bytes_written_per_event']:.1f} "
                           f"B/event written (train {row['train_bytes_per_raw_byte']:.2f}x raw) "

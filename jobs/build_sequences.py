@@ -284,19 +284,17 @@ def item_table(events: DataFrame, vocab: dict[str, DataFrame], seqs: DataFrame,
                min_item_count: int) -> DataFrame:
     """ITEM_FEATURES: every kept item, its latest side ids, its interaction counts (all
     users, training users) and whether it gets its own id embedding."""
-    latest_first = Window.partitionBy("item_id").orderBy(
-        F.col("event_time").desc(), F.col("category_id").desc_nulls_last(),
-        F.col("brand_id").desc_nulls_last())
-    by_item = Window.partitionBy("item_id")
     in_train = (F.col("split") == "train").cast("long")
+    # one aggregation, no sort: the latest event's side ids (ties: the larger category,
+    # then brand, non-null first) are the max of (time, category, brand)
+    latest = F.max(F.struct("event_time", "category_id", "brand_id"))
     items = (events.join(seqs.select("user_id", "split"), "user_id", "left")
-             .withColumn("interactions", F.count(F.lit(1)).over(by_item))
-             .withColumn("train_interactions", F.sum(in_train).over(by_item))
-             .withColumn("rk", F.row_number().over(latest_first))
-             .where("rk = 1")
+             .groupBy("item_id")
+             .agg(latest.alias("latest"), F.count(F.lit(1)).alias("interactions"),
+                  F.sum(in_train).alias("train_interactions"))
              .withColumn("id_embedding", F.col("train_interactions") >= F.lit(min_item_count))
-             .select("item_id", "category_id", "brand_id", "interactions", "train_interactions",
-                     "id_embedding"))
+             .select("item_id", "latest.category_id", "latest.brand_id", "interactions",
+                     "train_interactions", "id_embedding"))
     items = with_idx(items, vocab["item"], "item_id", "item_idx")
     items = with_idx(items, vocab["category"], "category_id", "category_idx")
     items = with_idx(items, vocab["brand"], "brand_id", "brand_idx")
