@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train
+.PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train bench-chunks
 
 setup: $(STAMP)
 
@@ -50,8 +50,12 @@ local-pipeline: $(STAMP)
 	$(PY) -m orchestration.local_pipeline --data-root $(DATA_ROOT) \
 	  $(if $(DATA),--data $(DATA) --format $(FORMAT),--ds $(DS) --days $(DAYS)) $(LOCAL_PIPELINE_ARGS)
 
+BENCH_PREP_ARGS ?=
 bench-prep: $(STAMP)
-	$(PY) -m bench.bench_prep
+	$(PY) -m bench.bench_prep $(BENCH_PREP_ARGS)
+
+bench-chunks: $(STAMP)
+	$(PY) -m bench.bench_chunks
 
 bench-train: $(STAMP)
 	$(PY) -m bench.bench_train
