@@ -12,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
 .PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
-        mlflow-ui bench-serve serve gpu-check
+        mlflow-ui bench-serve serve gpu-check bench-chunks
 
 setup: $(STAMP)
 
@@ -57,8 +57,12 @@ MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
 	$(PY) -m mind_model.tracking --data-root $(DATA_ROOT) --port $(MLFLOW_PORT)
 
+BENCH_PREP_ARGS ?=
 bench-prep: $(STAMP)
-	$(PY) -m bench.bench_prep
+	$(PY) -m bench.bench_prep $(BENCH_PREP_ARGS)
+
+bench-chunks: $(STAMP)
+	$(PY) -m bench.bench_chunks
 
 bench-train: $(STAMP)
 	$(PY) -m bench.bench_train

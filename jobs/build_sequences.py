@@ -38,10 +38,10 @@ from artefacts.storage import staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_files_agree, check_schema
+from jobs.vocab import extend_vocab
 from schemas import (
     BEHAVIORS,
     EVAL_SAMPLES,
-    FIRST_IDX,
     ITEM_FEATURES,
     LATEST_SEQUENCES,
     PAD_IDX,
@@ -49,7 +49,7 @@ from schemas import (
     PROFILE_FIELDS,
     QUARANTINE,
     RAW_EVENTS,
-    TRAIN_SAMPLES,
+    TRAIN_CHUNKS,
     UNK_IDX,
     USER_PROFILES,
     USERS,
@@ -64,6 +64,9 @@ EVENT_COLUMNS = RAW_EVENTS.data_names  # user_id ... event_time
 SPLITS = ("train", "valid", "test")
 RARE_ITEMS = ("keep", "drop")
 MAX_LOOKBACK_DAYS = 3660  # one Spark read per day of the window: bounded
+# C, targets per training row; chosen by measurement (README, "Training data as sequence
+# chunks"): bytes and time fall steeply up to C ~ L and barely beyond.
+CHUNK_TARGETS = 50
 
 
 @dataclass
@@ -78,6 +81,7 @@ class PrepConfig:
     rare_items: str = "keep"     # "keep": in histories and catalogue; "drop": the paper's filter
     filter_rounds: int = 1       # with rare_items="drop": item-then-user passes (>1: k-core)
     max_len: int = 50            # L: behaviours kept before each target (hist padded to L)
+    chunk_targets: int = CHUNK_TARGETS  # C: consecutive targets per training row
     split_buckets: int = 20      # users hashed into buckets: 1 test bucket => 19:1
     valid_buckets: int = 1       # buckets taken from the training side for validation
     seed: int = 42
@@ -92,6 +96,7 @@ class PrepConfig:
         self.data_root = Path(self.data_root)
         check_ds(self.ds)  # ValueError naming --ds
         for flag, value in (("--lookback-days", self.lookback_days), ("--max-len", self.max_len),
+                            ("--chunk-targets", self.chunk_targets),
                             ("--filter-rounds", self.filter_rounds),
                             ("--split-buckets", self.split_buckets),
                             ("--min-row-groups", self.min_row_groups),
@@ -243,27 +248,6 @@ def filter_rare(events: DataFrame, *, min_item_count: int, min_user_count: int,
     return events
 
 
-def extend_vocab(values: DataFrame, previous: DataFrame | None, ds: str) -> DataFrame:
-    """Previous vocabulary + today's new values appended (most frequent first).
-
-    `values` has columns (value, n). Existing values keep their index; the result
-    is deterministic for the same inputs, so a rerun of a ds reproduces it exactly.
-    """
-    spark = values.sparkSession
-    if previous is None:
-        previous = spark.createDataFrame([], VOCAB.spark_schema())
-    offset = previous.agg(F.max("idx")).first()[0]
-    offset = FIRST_IDX - 1 if offset is None else offset
-    new = values.join(previous.select("value"), "value", "left_anti")
-    order = Window.orderBy(F.col("n").desc(), F.col("value"))
-    # A single-partition window is fine here: vocabularies are ids, not events.
-    appended = new.select(
-        "value",
-        (F.row_number().over(order) + F.lit(offset)).cast("int").alias("idx"),
-        F.lit(ds).alias("first_ds"))
-    return previous.unionByName(appended)
-
-
 def with_idx(df: DataFrame, vocab: DataFrame, raw: str, out: str) -> DataFrame:
     """Map raw id column `raw` to its dense id `out` (unknown / null -> UNK_IDX)."""
     v = vocab.select(F.col("value").alias(raw), F.col("idx").alias(out))
@@ -316,19 +300,17 @@ def item_table(events: DataFrame, vocab: dict[str, DataFrame], seqs: DataFrame,
                min_item_count: int) -> DataFrame:
     """ITEM_FEATURES: every kept item, its latest side ids, its interaction counts (all
     users, training users) and whether it gets its own id embedding."""
-    latest_first = Window.partitionBy("item_id").orderBy(
-        F.col("event_time").desc(), F.col("category_id").desc_nulls_last(),
-        F.col("brand_id").desc_nulls_last())
-    by_item = Window.partitionBy("item_id")
     in_train = (F.col("split") == "train").cast("long")
+    # one aggregation, no sort: the latest event's side ids (ties: the larger category,
+    # then brand, non-null first) are the max of (time, category, brand)
+    latest = F.max(F.struct("event_time", "category_id", "brand_id"))
     items = (events.join(seqs.select("user_id", "split"), "user_id", "left")
-             .withColumn("interactions", F.count(F.lit(1)).over(by_item))
-             .withColumn("train_interactions", F.sum(in_train).over(by_item))
-             .withColumn("rk", F.row_number().over(latest_first))
-             .where("rk = 1")
+             .groupBy("item_id")
+             .agg(latest.alias("latest"), F.count(F.lit(1)).alias("interactions"),
+                  F.sum(in_train).alias("train_interactions"))
              .withColumn("id_embedding", F.col("train_interactions") >= F.lit(min_item_count))
-             .select("item_id", "category_id", "brand_id", "interactions", "train_interactions",
-                     "id_embedding"))
+             .select("item_id", "latest.category_id", "latest.brand_id", "interactions",
+                     "train_interactions", "id_embedding"))
     items = with_idx(items, vocab["item"], "item_id", "item_idx")
     items = with_idx(items, vocab["category"], "category_id", "category_idx")
     items = with_idx(items, vocab["brand"], "brand_id", "brand_idx")
@@ -365,21 +347,29 @@ def user_sequences(events: DataFrame, vocab: dict[str, DataFrame],
     return seqs
 
 
-def training_samples(seqs: DataFrame, max_len: int) -> DataFrame:
-    """TRAIN_SAMPLES: every position t >= 1 of a training user's sequence.
+def training_chunks(seqs: DataFrame, max_len: int, chunk_targets: int) -> DataFrame:
+    """TRAIN_CHUNKS (+ `t`, the position of the chunk's first target): every position
+    t >= 1 of a training user's sequence, C = chunk_targets consecutive targets per row,
+    each row with the up-to-L items before its first target.
 
-    Built as one array of (t, hist, target) structs per user, then inlined, so no
-    exploded row carries the whole sequence (that would cost O(n^2) per user)."""
-    L, seq = max_len, F.col("items")
+    A user's n events cost ceil((n - 1) / C) rows of L + C ints instead of n - 1 rows of
+    L + 1: the shuffle and the write move ~(1 + L / C) ints per event, not ~L."""
+    L, C, seq = max_len, chunk_targets, F.col("items")
 
-    def sample(t):
-        n_hist = F.least(t, F.lit(L))
-        return F.struct(t.alias("t"), padded(last_items(seq, t, L), n_hist, L).alias("hist"),
-                        n_hist.alias("hist_len"), F.element_at(seq, t + 1).alias("target"))
+    def chunk(k):
+        first = k * C + 1  # 0-based position of the chunk's first target
+        n_hist = F.least(first, F.lit(L))
+        n_t = F.least(F.lit(C), F.size(seq) - first)
+        return F.struct(first.alias("t"),
+                        padded(last_items(seq, first, L), n_hist, L).alias("hist"),
+                        n_hist.alias("hist_len"),
+                        padded(F.slice(seq, first + 1, n_t), n_t, C).alias("targets"),
+                        n_t.alias("n_targets"))
 
+    n_chunks = F.ceil((F.size(seq) - 1) / F.lit(C)).cast("int")
     return (seqs.where((F.col("split") == "train") & (F.col("n_events") >= 2))
             .select("user_idx", *PROFILE_COLUMNS,
-                    F.inline(F.transform(F.sequence(F.lit(1), F.size(seq) - 1), sample))))
+                    F.inline(F.transform(F.sequence(F.lit(0), n_chunks - 1), chunk))))
 
 
 def heldout_samples(seqs: DataFrame, max_len: int, seed: int) -> DataFrame:
@@ -417,11 +407,21 @@ def transform(events: DataFrame, profiles: DataFrame | None,
     return {
         "vocab": vocab, "items": item_table(events, vocab, seqs, cfg.min_item_count),
         "users": seqs.select(*USERS.names),
-        "seqs": seqs, "train": training_samples(seqs, cfg.max_len),
+        "seqs": seqs, "train": training_chunks(seqs, cfg.max_len, cfg.chunk_targets),
         "valid": heldout.where(F.col("split") == "valid").drop("split"),
         "test": heldout.where(F.col("split") == "test").drop("split"),
         "latest": latest_sequences(seqs, cfg.max_len),
     }
+
+
+def split_sizes(seqs: DataFrame, chunk_targets: int) -> dict[str, dict[str, int]]:
+    """Per split: users, and the training samples (positions t >= 1) and chunks they give
+    (counted from the persisted sequences, so the training table is computed only once)."""
+    t = F.greatest(F.col("n_events") - 1, F.lit(0))
+    rows = (seqs.groupBy("split")
+            .agg(F.count(F.lit(1)).alias("users"), F.sum(t).alias("samples"),
+                 F.sum(F.ceil(t / F.lit(chunk_targets))).alias("chunks")).collect())
+    return {r["split"]: {k: int(r[k]) for k in ("users", "samples", "chunks")} for r in rows}
 
 
 def length_histogram(seqs: DataFrame) -> dict[str, int]:
@@ -446,7 +446,10 @@ def write_table(df: DataFrame, path: Path, table: Table, *, files: int,
         df = df.repartition(files, sort_by[0]).sortWithinPartitions(*sort_by)
     else:
         df = df.coalesce(files)
+    t0 = time.time()
     _conform(df, table).write.mode("overwrite").parquet(str(path))
+    log.info("wrote %s in %.1fs", path.relative_to(path.parents[1]) if table is VOCAB
+             else path.name, time.time() - t0)  # where the time goes (bench-prep reports it)
 
 
 def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
@@ -515,7 +518,7 @@ def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
     `stats` is completed here with what only the writing step knows."""
     n_users, splits = stats["users"]["total"], stats["users"]
     with staged_dir(cfg.output_dir) as tmp:
-        write_table(train, tmp / "train", TRAIN_SAMPLES,
+        write_table(train, tmp / "train", TRAIN_CHUNKS,
                     files=n_files(stats["train_samples"], cfg, cfg.min_row_groups),
                     sort_by=["user_idx", "t"])
         for split in ("valid", "test"):
@@ -556,10 +559,11 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
 
     stage("building vocabularies, users, items and sequences")
     out = transform(kept, inputs.profiles, inputs.prev_vocab, cfg)
-    train = out["train"].persist(StorageLevel.MEMORY_AND_DISK)
-    n_train = train.count()
-    split_counts = {r["split"]: r["count"] for r in out["seqs"].groupBy("split").count().collect()}
+    train = out["train"]
+    per_split = split_sizes(out["seqs"], cfg.chunk_targets)
+    split_counts = {s: r["users"] for s, r in per_split.items()}
     n_users = sum(split_counts.values())
+    n_train = per_split.get("train", {}).get("samples", 0)
     stats = {
         "ds": cfg.ds,
         "window": {"start": window_start, "end": cfg.ds,
@@ -570,6 +574,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         "quarantined_by_reason": {k: v for k, v in by_reason.items() if k is not None},
         "users": {"total": n_users, **{s: split_counts.get(s, 0) for s in SPLITS}},
         "train_samples": n_train,
+        "train_chunks": per_split.get("train", {}).get("chunks", 0),
         "eval_samples": {s: split_counts.get(s, 0) for s in ("valid", "test")},
         "profiles_present": inputs.profiles is not None,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
@@ -577,7 +582,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
 
     stage(f"writing {cfg.output_dir}")
     load(out, annotated.where(F.col("reason").isNotNull()), train, counts, stats, cfg, stage, t0)
-    for df in (annotated, distinct, kept, train, out["seqs"], *out["vocab"].values()):
+    for df in (annotated, distinct, kept, out["seqs"], *out["vocab"].values()):
         df.unpersist()
     log.info("ds=%s: %s -> %d train samples, %d users, %d items in %.1fs",
              cfg.ds, counts, n_train, n_users, stats["items"], stats["seconds"])
@@ -598,6 +603,8 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
                         "remove items below --min-item-count (the paper's filter)")
     p.add_argument("--filter-rounds", type=int, default=d.filter_rounds)
     p.add_argument("--max-len", type=int, default=d.max_len)
+    p.add_argument("--chunk-targets", type=int, default=d.chunk_targets,
+                   help="C: consecutive training targets stored per row of the train table")
     p.add_argument("--split-buckets", type=int, default=d.split_buckets)
     p.add_argument("--valid-buckets", type=int, default=d.valid_buckets)
     p.add_argument("--seed", type=int, default=d.seed)

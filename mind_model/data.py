@@ -15,7 +15,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mind_model.config import ModelConfig
-from schemas import EVAL_SAMPLES, ITEM_FEATURES, PROFILE_FIELDS, TRAIN_SAMPLES, UNK_IDX
+from schemas import (
+    EVAL_SAMPLES,
+    ITEM_FEATURES,
+    PAD_IDX,
+    PROFILE_COLUMNS,
+    PROFILE_FIELDS,
+    TRAIN_CHUNKS,
+    UNK_IDX,
+)
 
 
 @dataclass
@@ -102,7 +110,7 @@ def _read(seq_dir: Path, split: str, table) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in table.names:
         col = t.column(name)
-        if name == "hist":  # fixed length L: one (N, L) array
+        if name in ("hist", "targets"):  # fixed length L (C): one (N, L) array
             flat = col.combine_chunks().flatten().to_numpy()
             out[name] = flat.reshape(t.num_rows, -1).astype(np.int64)
         elif name == "full_seq":  # variable length: a list of arrays
@@ -117,6 +125,34 @@ def read_eval(seq_dir: Path | str, split: str = "test") -> dict[str, np.ndarray]
     return _read(Path(seq_dir), split, EVAL_SAMPLES)
 
 
+def expand_chunks(chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """TRAIN_CHUNKS columns (hist (N, L), hist_len, targets (N, C), n_targets, user_idx,
+    profile ids; N chunks) -> TRAIN_SAMPLES columns (S = sum(n_targets) samples), in chunk
+    order then target order, dtypes kept. Target j of a chunk has as history the last L
+    items of hist[:hist_len] + targets[:j]."""
+    hist, targets = np.asarray(chunks["hist"]), np.asarray(chunks["targets"])
+    n, L = hist.shape
+    hist_len = np.asarray(chunks["hist_len"], dtype=np.int64)
+    n_t = np.asarray(chunks["n_targets"], dtype=np.int64)
+    # each chunk's items as one row, right-aligned before the targets: (N, L + C)
+    cols = np.arange(L) - (L - hist_len)[:, None]                       # (N, L) source column
+    ctx = np.where(cols >= 0, np.take_along_axis(hist, np.maximum(cols, 0), 1), PAD_IDX)
+    items = np.concatenate([ctx, targets], axis=1)
+    row = np.repeat(np.arange(n), n_t)                                  # (S,) chunk of sample
+    j = np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)      # (S,) target in chunk
+    h = np.minimum(hist_len[row] + j, L)                                # (S,) history length
+    src = (L + j - h)[:, None] + np.arange(L)                           # (S, L) in items
+    real = np.arange(L) < h[:, None]
+    out = {"user_idx": np.asarray(chunks["user_idx"])[row],
+           "hist": np.where(real, items[row[:, None], np.minimum(src, items.shape[1] - 1)],
+                            PAD_IDX).astype(hist.dtype),
+           "hist_len": h.astype(np.asarray(chunks["hist_len"]).dtype),
+           "target": targets[row, j]}
+    out.update({c: np.asarray(chunks[c])[row] for c in PROFILE_COLUMNS})
+    return out
+
+
 def read_train(seq_dir: Path | str) -> dict[str, np.ndarray]:
-    """All training samples in memory (baselines and small data; training streams instead)."""
-    return _read(Path(seq_dir), "train", TRAIN_SAMPLES)
+    """All training samples in memory (baselines and small data; training streams instead):
+    the TRAIN_SAMPLES columns, int64, expanded from the stored chunks."""
+    return expand_chunks(_read(Path(seq_dir), "train", TRAIN_CHUNKS))

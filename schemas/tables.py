@@ -194,12 +194,28 @@ _SEQ_COLUMNS = (
     Column("hist_len", "int32", nullable=False, doc="number of real items in hist (1..L)"),
 )
 
+TRAIN_CHUNKS = Table(
+    "train_chunks",
+    (*_SEQ_COLUMNS,
+     Column("targets", "list<int32>", nullable=False,
+            doc="up to C consecutive item idx to predict, the first right after hist, "
+                "right-padded with 0 to C"),
+     Column("n_targets", "int32", nullable=False, doc="number of real items in targets (1..C)"),
+     *_profile_idx_columns()),
+    doc="The stored training table: per training user, its positions t >= 1 cut into chunks of "
+        "up to C consecutive targets, each with the up-to-L items before its first target "
+        "(fixed-length lists for petastorm). Target j of a chunk is the sample whose history is "
+        "the last L items of hist[:hist_len] + targets[:j]; the reader expands chunks into "
+        "TRAIN_SAMPLES.",
+)
+
 TRAIN_SAMPLES = Table(
     "train_samples",
     (*_SEQ_COLUMNS,
      Column("target", "int32", nullable=False, doc="item idx to predict"),
      *_profile_idx_columns()),
-    doc="One row per position of a training user's sequence (fixed-length hist for petastorm).",
+    doc="One training sample per position t >= 1 of a training user's sequence: what the "
+        "reader yields from TRAIN_CHUNKS (not stored).",
 )
 
 EVAL_SAMPLES = Table(
@@ -233,7 +249,7 @@ QUARANTINE = Table(
 
 ALL_TABLES: tuple[Table, ...] = (
     RAW_EVENTS, USER_PROFILES, VOCAB, ITEM_FEATURES, USERS,
-    TRAIN_SAMPLES, EVAL_SAMPLES, LATEST_SEQUENCES, QUARANTINE,
+    TRAIN_CHUNKS, EVAL_SAMPLES, LATEST_SEQUENCES, QUARANTINE,
 )
 
 # ------------------------------------------------------------- serving artefacts

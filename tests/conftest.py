@@ -47,6 +47,17 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
+def import_beauty(shared_datasets: Path, raw: Path) -> str:
+    """Amazon Beauty (the SASRec sequences) imported as raw logs under `raw`; returns its ds."""
+    from ingest.importers import import_any
+
+    folder = shared_datasets / "amazon_beauty"
+    result = import_any("amazon-seq", [folder / "Beauty.txt",
+                                       folder / "Beauty_item2attributes.json"], raw)
+    (ds,) = result.rows_per_ds
+    return ds
+
+
 def build_generated_sequences(spark, root: Path, *, ds: str, days: int, n_events: int, seed: int,
                               min_row_groups: int = 4) -> Path:
     """Generated logs -> build_sequences output; returns the sequences/ds=<ds> folder."""

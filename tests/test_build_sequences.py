@@ -15,13 +15,14 @@ import pytest
 from jobs import build_sequences as bs
 from jobs.build_sequences import PrepConfig, run
 from jobs.validation import InputError
+from mind_model.data import read_train
 from schemas import (
     EVAL_SAMPLES,
     ITEM_FEATURES,
     LATEST_SEQUENCES,
     PAD_IDX,
     RAW_EVENTS,
-    TRAIN_SAMPLES,
+    TRAIN_CHUNKS,
     UNK_IDX,
     USER_PROFILES,
     VOCAB,
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.spark
 
 D1, D2 = "2026-11-27", "2026-11-28"
 L = 4  # short max_len so that truncation of long histories is exercised
+C = 3  # short chunks, so that users span several (up to 9 events: up to 3 chunks)
 
 
 def ts(day: str, seconds: int) -> dt.datetime:
@@ -95,7 +97,8 @@ def read(path: Path) -> list[dict]:
 
 def config(root: Path, ds: str = D2, **kw) -> PrepConfig:
     base = dict(data_root=root, ds=ds, lookback_days=2, min_item_count=2, min_user_count=2,
-                max_len=L, min_row_groups=3, split_buckets=5, valid_buckets=1, seed=7)
+                max_len=L, chunk_targets=C, min_row_groups=3, split_buckets=5, valid_buckets=1,
+                seed=7)
     base.update(kw)
     return PrepConfig(**base)
 
@@ -169,10 +172,14 @@ def test_sequences_match_reference(built):
             for t in range(1, len(seq)):
                 h, n = window(seq, t)
                 want_train.add((user_idx[u], tuple(h), n, seq[t]))
-    train = read(out / "train")
-    got_train = {(r["user_idx"], tuple(r["hist"]), r["hist_len"], r["target"]) for r in train}
-    assert len(train) == len(want_train) == stats["train_samples"]
+    train = read_train(out)  # the stored chunks, expanded as the model side reads them
+    got_train = set(zip(train["user_idx"].tolist(), map(tuple, train["hist"].tolist()),
+                        train["hist_len"].tolist(), train["target"].tolist()))
+    assert len(train["target"]) == len(want_train) == stats["train_samples"]
     assert got_train == want_train
+    chunks = read(out / "train")
+    assert len(chunks) == stats["train_chunks"] < stats["train_samples"]
+    assert all(len(r["targets"]) == C for r in chunks)
 
     for name in ("test", "valid"):
         rows = read(out / name)
@@ -194,7 +201,7 @@ def test_sequences_match_reference(built):
 def test_output_schemas_and_row_groups(built):
     root, _, _ = built
     out = root / "sequences" / f"ds={D2}"
-    for name, table in [("train", TRAIN_SAMPLES), ("test", EVAL_SAMPLES),
+    for name, table in [("train", TRAIN_CHUNKS), ("test", EVAL_SAMPLES),
                         ("latest", LATEST_SEQUENCES), ("items", ITEM_FEATURES),
                         ("vocab/item", VOCAB)]:
         schema = pq.read_schema(next((out / name).glob("*.parquet")))

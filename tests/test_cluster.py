@@ -32,6 +32,7 @@ def test_standalone_cluster_matches_local(spark, tmp_path):
     cfg = config(cluster_root)
     args = ["--data-root", str(cluster_root), "--ds", D2, "--lookback-days", "2",
             "--min-item-count", "2", "--min-user-count", "2", "--max-len", str(cfg.max_len),
+            "--chunk-targets", str(cfg.chunk_targets),
             "--min-row-groups", "3", "--split-buckets", "5", "--valid-buckets", "1",
             "--seed", str(cfg.seed)]
     with StandaloneCluster(workers=1, cores=2, memory="1g") as cluster:

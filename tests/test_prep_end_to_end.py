@@ -10,6 +10,7 @@ import pytest
 from ingest.importers import import_any
 from ingest.sample_data import generate
 from jobs.build_sequences import PrepConfig, run
+from tests.conftest import import_beauty
 
 pytestmark = pytest.mark.spark
 
@@ -49,10 +50,7 @@ def test_generated_logs_with_injected_bad_rows(spark, tmp_path):
 
 @pytest.mark.slow
 def test_amazon_beauty(spark, shared_datasets, tmp_path):
-    folder = shared_datasets / "amazon_beauty"
-    result = import_any("amazon-seq", [folder / "Beauty.txt",
-                                       folder / "Beauty_item2attributes.json"], tmp_path / "raw")
-    (ds,) = result.rows_per_ds
+    ds = import_beauty(shared_datasets, tmp_path / "raw")
     stats = run(PrepConfig(data_root=tmp_path, ds=ds, lookback_days=1, min_item_count=5,
                            min_user_count=5, valid_buckets=0, min_row_groups=4), spark)
     c = stats["counts"]

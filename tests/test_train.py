@@ -25,7 +25,7 @@ from mind_model.checkpoint import (
     warm_start,
 )
 from mind_model.config import ModelConfig
-from mind_model.data import load_meta, read_eval
+from mind_model.data import load_meta, read_eval, read_train
 from mind_model.evaluate import HeldOutSample
 from mind_model.loss import SampledSoftmaxLoss
 from mind_model.model import MIND
@@ -481,7 +481,8 @@ def test_reader_stream_is_a_function_of_the_seed_across_passes(seq_dir):
     from collections import Counter
 
     train_dir = seq_dir / "train"
-    rows = sum(row_group_rows(train_dir))
+    every = read_train(seq_dir)  # the samples the stored chunks expand to
+    rows = len(every["target"])
     per_pass = rows // 64  # full batches in one pass; the short rest is dropped
     n = 2 * per_pass + 5  # into the third pass: the second pass reshuffles the row groups
     torch.manual_seed(0)
@@ -493,8 +494,8 @@ def test_reader_stream_is_a_function_of_the_seed_across_passes(seq_dir):
     assert _stream_digest(train_dir, seed=4, n_batches=n) != fast
 
     # one pass = every row of the shard at most once, all but fewer than one batch of them
-    table = pq.read_table(train_dir, columns=["user_idx", "hist_len", "target"]).to_pydict()
-    every_row = Counter(zip(table["user_idx"], table["hist_len"], table["target"]))
+    every_row = Counter(zip(every["user_idx"].tolist(), every["hist_len"].tolist(),
+                            every["target"].tolist()))
     with contextlib.closing(train_batches(train_dir, batch_size=64, seed=3, workers=1)) as it:
         first = [next(it) for _ in range(per_pass)]
     seen = Counter(r for b in first for r in zip(b["user_idx"].tolist(), b["hist_len"].tolist(),
