@@ -13,7 +13,9 @@ rendezvous closed), in 5 trials of 5 (4 worker crashes, 1 agent killed and start
 That is why the default is 0 and recovery is the Job's."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,8 +65,9 @@ def launch_nodes(launcher: list[str], script: str, marker: str) -> tuple[list[in
             outs.append(p.communicate(timeout=max(1.0, FAIL_WITHIN_S - (time.monotonic()
                                                                         - start)))[0])
         except subprocess.TimeoutExpired:
-            for q in nodes:
-                q.kill()
+            for q in nodes:  # the agent and its workers (each node is its own session)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(q.pid, signal.SIGKILL)
             pytest.fail(f"torchrun agents still running after {FAIL_WITHIN_S} s")
         codes.append(p.returncode)
     return codes, "\n".join(outs), time.monotonic() - start
