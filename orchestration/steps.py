@@ -66,17 +66,12 @@ def date_range(start: str, end: str) -> list[str]:
 # ------------------------------------------------------------------ published versions
 
 
-def _current(root: Path) -> dict[str, Any] | None:
-    # a corrupt current.json is read from its backup (with a warning); publish repairs it
-    return current_or_backup(root)
-
-
 def baseline_version(root: Path | str, ds: str) -> dict[str, Any] | None:
     """The published version ds is compared with and warm-started from: the served one when
     it is older than ds, else the one it replaced (when older); None if there is none.
     A rerun of a published ds therefore sees the same baseline as its first run."""
     root = Path(root)
-    cur = _current(root)
+    cur = current_or_backup(root)  # a corrupt current.json: its backup (publish repairs it)
     for cand in (cur, cur and cur.get("previous")):
         if cand and cand["ds"] < ds and (root / cand["model"]).is_file():
             return cand
@@ -85,7 +80,7 @@ def baseline_version(root: Path | str, ds: str) -> dict[str, Any] | None:
 
 def publish_decision(root: Path | str, ds: str) -> tuple[bool, str]:
     """(may publish, why): the pointer never moves back to an older ds."""
-    cur = _current(Path(root))
+    cur = current_or_backup(Path(root))
     if cur is not None and cur["ds"] > ds:
         return False, (f"ds={ds} is older than the served ds={cur['ds']}; the pointer is not "
                        f"moved back (run `python -m jobs.publish --ds {ds}` to force it)")
