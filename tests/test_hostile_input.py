@@ -348,6 +348,7 @@ BAD_FLAGS = [
     (build_sequences_job, ["--ds", "2026-13-45"], "--ds"),
     (build_sequences_job, ["--ds", "yesterday"], "--ds"),
     (build_sequences_job, ["--ds", DS, "--lookback-days", "0"], "--lookback-days"),
+    (build_sequences_job, ["--ds", DS, "--lookback-days", "36601"], "--lookback-days"),
     (build_sequences_job, ["--ds", DS, "--max-len", "-1"], "--max-len"),
     (build_index_job, ["--ds", DS, "--shards", "0"], "--shards"),
     (build_index_job, ["--ds", DS, "--recall-threshold", "1.5"], "--recall-threshold"),
@@ -364,6 +365,13 @@ BAD_FLAGS = [
                               for j, a, _ in BAD_FLAGS])
 def test_bad_flag_is_one_line_naming_it(tmp_path, capsys, job, argv, flag):
     assert_main_error(capsys, job.main, ["--data-root", str(tmp_path), *argv], flag)
+
+
+def test_a_long_imported_history_is_a_valid_window(tmp_path):
+    # MovieLens latest-small spans 1996..2018: its import needs ~8,500 days of look-back.
+    cfg = build_sequences_job.PrepConfig(data_root=tmp_path, ds="2018-09-30", lookback_days=8500)
+    days = cfg.window_days()
+    assert (len(days), days[0], days[-1]) == (8500, "1995-06-24", "2018-09-30")
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
