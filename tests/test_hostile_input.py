@@ -542,7 +542,9 @@ def test_build_sequences_killed_at_random_then_rerun_equals_one_run(tmp_path):
         shutil.copytree(ref / "raw", root / "raw")
         delay = random.Random(seed).uniform(0.3, 0.95) * wall
         killed = kill_after(start_job([*args[:1], "--data-root", str(root), *args[1:]]), delay)
-        assert not (root / "sequences" / f"ds={DS}").exists() or not killed  # nothing half-made
+        out = root / "sequences" / f"ds={DS}"
+        if killed and out.exists():  # killed after the one rename (e.g. in Spark's shutdown):
+            same_sequences(ref / "sequences" / f"ds={DS}", out)  # then it must be whole
         finish(start_job([*args[:1], "--data-root", str(root), *args[1:]],
                          env={"MIND_STALE_AFTER_S": "0"}))
         same_sequences(ref / "sequences" / f"ds={DS}", root / "sequences" / f"ds={DS}")
