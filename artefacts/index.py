@@ -9,9 +9,11 @@ and the benchmark.
 - Index type by catalogue size (`choose_factory`): exact ("Flat") below
   `exact_below` items, else "IVF{nlist}_HNSW32,Flat" (an inverted file whose coarse
   quantiser is an HNSW graph); any FAISS factory string can be given instead.
-- Sharding: items are dealt round-robin into N shards; an IVF is trained once and
-  every shard is a copy of the trained, empty index (same centroids), so a sharded
-  search probes the same lists as an unsharded one and returns the same results.
+- Sharding: item idx modulo N picks an item's shard; an IVF is trained once (on a
+  sample) and every shard is a copy of the trained, empty index (same centroids), so a
+  sharded search probes the same lists as an unsharded one and returns the same
+  results, and shards can be filled by separate workers (`train_template`,
+  `fill_shard`; the index job runs them in parallel).
   `combine` searches shards together (`faiss.IndexShards`, results merged by score).
 - GPUs: `to_gpus` clones every shard across all GPUs (sharded) when faiss-gpu sees
   any; on faiss-cpu (0 GPUs) or if cloning fails it returns the CPU index.
@@ -109,45 +111,86 @@ def _new_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
-def build_shards(vectors: np.ndarray, ids: np.ndarray, factory: str, n_shards: int = 1, *,
-                 train_size: int | None = None, seed: int = 0) -> list[faiss.Index]:
-    """Build `n_shards` inner-product indexes holding (vectors, ids), dealt round-robin.
+def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard of each item: item idx modulo the shard count. Item idx are dense
+    vocabulary positions, so shards get about N / n_shards items each, and a worker can
+    pick its items from any part of the catalogue without a global order."""
+    return np.asarray(ids, dtype=np.int64) % n_shards
 
-    vectors: (N, D) float32; ids: (N,) int64 item idx (>= 2, unique). Indexes that
-    need training (IVF, PQ) are trained once, on at most `train_size` vectors drawn
-    with `seed` (default 64 per inverted list, FAISS's useful range), and copied
-    empty into every shard.
+
+def training_size(factory: str, dim: int, train_size: int | None = None) -> int:
+    """Vectors an index needs for training: `train_size`, else 64 per inverted list
+    (FAISS's useful range), else 100k; 0 for indexes that need no training."""
+    template = _new_index(dim, factory)
+    if template.is_trained:
+        return 0
+    ivf = _ivf(template)
+    return train_size or (64 * ivf.nlist if ivf is not None else 100_000)
+
+
+def train_template(sample: np.ndarray, factory: str, *, seed: int = 0) -> faiss.Index:
+    """The trained, empty index every shard is a copy of (same centroids and codebooks in
+    every shard, so the shards searched together equal one index over all items).
+
+    sample: (S, D) float32 training vectors (all of them when the index needs no
+    training, which then only reads D).
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    template = _new_index(sample.shape[1], factory)
+    if template.is_trained:
+        return template
+    ivf = _ivf(template)
+    if ivf is not None and len(sample) < ivf.nlist:
+        raise ValueError(f"{factory}: {len(sample)} training vectors cannot train {ivf.nlist} "
+                         f"lists; use a smaller nlist or an exact index")
+    t0 = time.perf_counter()
+    log.info("training %s on %d vectors", factory, len(sample))
+    if ivf is not None:
+        ivf.cp.seed = seed  # k-means initialisation: the same data gives the same index
+    template.train(sample)
+    log.info("trained in %.1fs", time.perf_counter() - t0)
+    return template
+
+
+def fill_shard(template: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """A copy of the trained `template` holding (vectors (n, D), ids (n,))."""
+    shard = faiss.clone_index(template)
+    if len(ids):
+        shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                           np.ascontiguousarray(ids, dtype=np.int64))
+    return shard
+
+
+def check_items(vectors: np.ndarray, ids: np.ndarray) -> None:
     if vectors.ndim != 2 or len(vectors) != len(ids):
         raise ValueError(f"vectors must be (N, D) with N ids; got {vectors.shape}, {ids.shape}")
     if len(ids) and (ids.min() < FIRST_IDX or len(np.unique(ids)) != len(ids)):
         raise ValueError("item ids must be unique and >= 2 (0 = padding, 1 = unknown)")
+
+
+def build_shards(vectors: np.ndarray, ids: np.ndarray, factory: str, n_shards: int = 1, *,
+                 train_size: int | None = None, seed: int = 0) -> list[faiss.Index]:
+    """Build `n_shards` inner-product indexes holding (vectors, ids), in one process.
+
+    vectors: (N, D) float32; ids: (N,) int64 item idx (>= 2, unique), shard = `shard_of`.
+    Indexes that need training (IVF, PQ) are trained once, on at most
+    `training_size` vectors drawn with `seed`, and copied empty into every shard. The
+    index job does the same with the shards filled by parallel workers.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    check_items(vectors, ids)
     if n_shards < 1:
         raise ValueError("n_shards must be >= 1")
-    dim = vectors.shape[1]
-    template = _new_index(dim, factory)
-    if not template.is_trained:
-        ivf = _ivf(template)
-        n_train = train_size or (64 * ivf.nlist if ivf is not None else 100_000)
-        n_train = min(n_train, len(vectors))
-        if ivf is not None and n_train < ivf.nlist:
-            raise ValueError(f"{factory}: {len(vectors)} items cannot train {ivf.nlist} lists; "
-                             f"use a smaller nlist or an exact index")
-        sample = np.random.default_rng(seed).choice(len(vectors), n_train, replace=False)
-        t0 = time.perf_counter()
-        log.info("training %s on %d of %d vectors", factory, n_train, len(vectors))
-        if ivf is not None:
-            ivf.cp.seed = seed  # k-means initialisation: the same data gives the same index
-        template.train(vectors[np.sort(sample)])
-        log.info("trained in %.1fs", time.perf_counter() - t0)
+    n_train = min(training_size(factory, vectors.shape[1], train_size), len(vectors))
+    sample = np.sort(np.random.default_rng(seed).choice(len(vectors), n_train, replace=False))
+    template = train_template(vectors[sample] if n_train else vectors[:0], factory, seed=seed)
+    where = shard_of(ids, n_shards)
     shards = []
     for s in range(n_shards):
-        shard = faiss.clone_index(template)
-        shard.add_with_ids(vectors[s::n_shards], ids[s::n_shards])
-        shards.append(shard)
-        log.info("shard %d/%d: %d items", s + 1, n_shards, shard.ntotal)
+        mine = where == s
+        shards.append(fill_shard(template, vectors[mine], ids[mine]))
+        log.info("shard %d/%d: %d items", s + 1, n_shards, shards[-1].ntotal)
     return shards
 
 
@@ -316,7 +359,7 @@ def _merge_user(D: np.ndarray, I: np.ndarray, n: int, exclude: np.ndarray | None
     return Hits(ids[first].astype(np.int64), scores[first].astype(np.float32), interest[first])
 
 
-def _flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Users' (K'_u, D) arrays -> one (sum K'_u, D) float32 query matrix + offsets (B+1,)."""
     sizes = [np.asarray(v).reshape(-1, np.asarray(v).shape[-1]).shape[0] for v in vectors]
     if any(s == 0 for s in sizes):
@@ -351,12 +394,37 @@ def multi_interest_search(index: faiss.Index, vectors: Sequence[np.ndarray], n: 
         raise ValueError("n must be >= 1")
     if not len(vectors):
         return []
-    queries, offsets = _flatten(vectors)
+    queries, offsets = flatten(vectors)
     excl = _excludes(exclude, len(vectors))
     k = n + max((len(e) for e in excl if e is not None), default=0)
     k = max(1, min(k, index.ntotal))
     D, I = index.search(queries, k)  # (Q, k)
     return _merge_all(D, I, offsets, n, excl)
+
+
+def exact_topk(item_vectors: np.ndarray, item_ids: np.ndarray, queries: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top k by inner product: (Q, k') scores and item ids, k' = min(k, N)."""
+    k = max(1, min(k, len(item_ids)))
+    D, pos = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                       np.ascontiguousarray(item_vectors, dtype=np.float32), k,
+                       metric=faiss.METRIC_INNER_PRODUCT)
+    return D, np.where(pos >= 0, np.asarray(item_ids, dtype=np.int64)[np.maximum(pos, 0)], -1)
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the top k (score desc, id asc) of several shards' top-k answers: the
+    top k over the union of the shards' items (each part (Q, k_s) scores and ids)."""
+    D = np.concatenate([p[0] for p in parts], axis=1)  # (Q, sum k_s)
+    I = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((I, -D), axis=-1)[:, :k]
+    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+
+def users_hits(D: np.ndarray, I: np.ndarray, offsets: np.ndarray, n: int) -> list[Hits]:
+    """Per-query answers (Q, k) of flattened users (`offsets`, see `flatten`) -> merged Hits."""
+    return _merge_all(D, I, offsets, n, [None] * (len(offsets) - 1))
 
 
 def exact_multi_interest(item_vectors: np.ndarray, item_ids: np.ndarray,
@@ -365,13 +433,10 @@ def exact_multi_interest(item_vectors: np.ndarray, item_ids: np.ndarray,
     """The same as `multi_interest_search` by brute force over (item_vectors, item_ids)."""
     if not len(vectors):
         return []
-    queries, offsets = _flatten(vectors)
+    queries, offsets = flatten(vectors)
     excl = _excludes(exclude, len(vectors))
     k = n + max((len(e) for e in excl if e is not None), default=0)
-    k = max(1, min(k, len(item_ids)))
-    D, pos = faiss.knn(queries, np.ascontiguousarray(item_vectors, dtype=np.float32), k,
-                       metric=faiss.METRIC_INNER_PRODUCT)
-    I = np.where(pos >= 0, np.asarray(item_ids, dtype=np.int64)[np.maximum(pos, 0)], -1)
+    D, I = exact_topk(item_vectors, item_ids, queries, k)
     return _merge_all(D, I, offsets, n, excl)
 
 

@@ -97,15 +97,76 @@ class ItemEmbeddings:
 
 
 def read_item_embeddings(path: Path | str) -> ItemEmbeddings:
+    """The whole items table, sorted by item_idx."""
     t = _dataset(path, ITEM_EMBEDDINGS).to_table().sort_by("item_idx")
-    emb = t.column("embedding").combine_chunks()
+    idx, vectors, versions = _decode_item_batch(t)
+    return ItemEmbeddings(item_idx=idx, item_ids=t.column("item_id").to_pylist(),
+                          vectors=np.ascontiguousarray(vectors), model_versions=versions)
+
+
+# ---------------------------------------------------- items in parts (the parallel index build)
+
+_ITEM_COLUMNS = ["item_idx", "embedding", "model_version"]
+
+
+def _decode_item_batch(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray, set]:
+    """(idx (n,) int64, vectors (n, D) float32, model versions) of one batch of items."""
+    emb = batch.column("embedding")
+    emb = emb.combine_chunks() if isinstance(emb, pa.ChunkedArray) else emb
     lengths = emb.value_lengths().to_numpy()
     d = int(lengths[0]) if len(lengths) else 0
     if len(lengths) and (lengths != d).any():
         raise ValueError("item embeddings of different dimensions in one table")
     flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return ItemEmbeddings(
-        item_idx=t.column("item_idx").to_numpy().astype(np.int64),
-        item_ids=t.column("item_id").to_pylist(),
-        vectors=np.ascontiguousarray(flat.reshape(-1, d) if d else flat.reshape(0, 0)),
-        model_versions=set(pc.unique(t.column("model_version")).to_pylist()))
+    idx = batch.column("item_idx").to_numpy().astype(np.int64)
+    return idx, flat.reshape(len(idx), d), set(pc.unique(batch.column("model_version")).to_pylist())
+
+
+def count_items(path: Path | str) -> int:
+    """Rows of the items table (from Parquet footers: nothing is decoded)."""
+    return _dataset(path, ITEM_EMBEDDINGS).count_rows()
+
+
+def read_item_part(path: Path | str, keep) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """The items for which `keep(item_idx (n,) int64) -> (n,) bool` holds, read one record
+    batch at a time (memory: the kept items plus one batch), sorted by item_idx.
+
+    Returns (idx (M,) int64, vectors (M, D) float32, model versions).
+    """
+    idx_parts, vec_parts, versions = [], [], set()
+    for batch in _dataset(path, ITEM_EMBEDDINGS).to_batches(columns=_ITEM_COLUMNS):
+        if not batch.num_rows:
+            continue
+        idx, vectors, v = _decode_item_batch(batch)
+        mine = keep(idx)
+        idx_parts.append(idx[mine])
+        vec_parts.append(vectors[mine])
+        versions |= v
+    if not idx_parts:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), versions
+    idx, vectors = np.concatenate(idx_parts), np.concatenate(vec_parts)
+    order = np.argsort(idx, kind="stable")
+    return idx[order], np.ascontiguousarray(vectors[order]), versions
+
+
+def sample_item_vectors(path: Path | str, n: int, total: int,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """About `n` of the `total` items, chosen by a seeded hash of item_idx (the same items
+    whatever the files' layout), read a batch at a time: the index's training sample."""
+    if n >= total:
+        return read_item_part(path, lambda idx: np.ones(len(idx), bool))
+    threshold = np.uint64(int(n / total * 2**64 - 1))
+    salt = np.uint64(0x9E3779B97F4A7C15 * (seed + 1) % 2**64)
+
+    def keep(idx: np.ndarray) -> np.ndarray:
+        return _mix64(idx.astype(np.uint64) ^ salt) < threshold
+
+    return read_item_part(path, keep)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash of each value (wrapping uint64)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))

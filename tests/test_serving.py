@@ -246,6 +246,24 @@ def test_ivf_with_tuned_nprobe_passes_the_gate(served, tmp_path):
     assert all(r < 0.95 for _, r in m["recall"]["tried"][:-1])
 
 
+def test_shards_filled_by_worker_processes_equal_one_process(served, tmp_path):
+    # the same index whether the shards are filled here or by 3 spawned workers
+    manifests, files = [], []
+    for workers in (1, 3):
+        root = tmp_path / f"w{workers}"
+        shutil.copytree(served.root / "embeddings", root / "embeddings")
+        manifests.append(build_index(IndexConfig(
+            data_root=root, ds=DS, factory="IVF16,Flat", nprobe=4, n_shards=3,
+            workers=workers, recall_threshold=0.0, recall_users=60)))
+        files.append({p.name: p.read_bytes()
+                      for p in DataLayout(root).index(DS).glob("shard-*.faiss")})
+    one, three = manifests
+    assert one["config"]["workers"] == 1 and three["config"]["workers"] == 3
+    assert len(files[0]) == 3 and files[0] == files[1]  # byte-identical shards
+    assert one["shards"] == three["shards"] and one["recall"]["value"] == three["recall"]["value"]
+    assert not list(DataLayout(tmp_path / "w3").index(DS).glob("_*"))  # no scratch files left
+
+
 # ------------------------------------------------------------------------- retrieval
 
 
