@@ -45,6 +45,9 @@ REFINE_K_FACTOR = 2
 # Items the online service returns at most per request (its candidates for ranking); the
 # index job's recall gate checks recall at this N by default, so what is gated is served.
 SERVED_N = 1000
+# The recall gate's ladder: powers of two, then FINE_STEPS geometric steps between the last
+# failing and the first passing one (a doubling ladder overshoots the needed value by up to 2x).
+FINE_STEPS = 4
 
 
 class Hits(NamedTuple):
@@ -301,19 +304,44 @@ def set_search_params(index: faiss.Index, params: dict[str, int], *, gpu: bool =
 
 
 def _merge_user(D: np.ndarray, I: np.ndarray, n: int, exclude: np.ndarray | None) -> Hits:
-    """Merge one user's per-interest results D, I (K', k) into the top n."""
+    """Merge one user's per-interest results D, I (K', k) into the top n: an item keeps its
+    best score and the first interest giving it; sorted by (score desc, id asc)."""
     k_active, k = I.shape
-    ids, scores = I.ravel(), D.ravel()
+    ids, scores = I.ravel(), D.ravel()  # (K' k,) interest-major
     interest = np.repeat(np.arange(k_active, dtype=np.int64), k)
     keep = ids >= FIRST_IDX  # faiss pads missing results with -1
     if exclude is not None and len(exclude):
         keep &= ~np.isin(ids, exclude)
     ids, scores, interest = ids[keep], scores[keep], interest[keep]
-    order = np.lexsort((interest, ids, -scores))  # score desc, id asc, then first interest
-    ids, scores, interest = ids[order], scores[order], interest[order]
-    _, first = np.unique(ids, return_index=True)  # an item keeps its best-scored entry
-    first = np.sort(first)[:n]
-    return Hits(ids[first].astype(np.int64), scores[first].astype(np.float32), interest[first])
+    if len(ids) and ids.max() >= 1 << 32:  # ids too wide to pack with a score into 64 bits
+        order = np.lexsort((interest, ids, -scores))  # score desc, id asc, then first interest
+        ids, scores, interest = ids[order], scores[order], interest[order]
+        _, first = np.unique(ids, return_index=True)  # an item keeps its best-scored entry
+        first = np.sort(first)[:n]
+        return Hits(ids[first].astype(np.int64), scores[first].astype(np.float32),
+                    interest[first])
+    # Two quicksorts of packed 64-bit keys instead of a 3-key lexsort + unique (~4x cheaper
+    # at K' = 5, k = 1000). An item scored exactly alike by two interests (equal keys) needs
+    # a stable sort to keep the first interest: rare, checked.
+    desc = _descending(scores).astype(np.uint64)  # (m,) ascending = scores descending
+    uid = ids.astype(np.uint64)
+    key = (uid << np.uint64(32)) | desc  # (m,) id asc, then score desc
+    by_id = np.argsort(key)
+    sk = key[by_id]
+    if (sk[1:] == sk[:-1]).any():
+        by_id = np.argsort(key, kind="stable")  # interest-major input: the first interest
+    sid = uid[by_id]
+    best = by_id[np.concatenate([[True], sid[1:] != sid[:-1]])]  # each id's best entry
+    best = best[np.argsort((desc[best] << np.uint64(32)) | uid[best])][:n]  # unique keys
+    return Hits(ids[best].astype(np.int64), scores[best].astype(np.float32), interest[best])
+
+
+def _descending(scores: np.ndarray) -> np.ndarray:
+    """float32 scores (m,) -> uint32 keys (m,) whose ascending order is the scores'
+    descending order (IEEE 754 bits: flip negatives, set the sign bit of positives)."""
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0)).view(np.uint32)  # -0 -> +0
+    ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(1 << 31))
+    return ~ascending
 
 
 def _flatten(vectors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -382,29 +410,51 @@ def recall(ann: Sequence[Hits], exact: Sequence[Hits]) -> float:
     return float(np.mean(per_user)) if per_user else 1.0
 
 
+def finer(lo: int, hi: int, steps: int = FINE_STEPS) -> list[int]:
+    """Knob values strictly between lo and hi in geometric steps of (hi / lo)^(1 / steps):
+    between two powers of two, 2^(1/4) ~ 1.19x apart (lo 128, hi 256: 152, 181, 215)."""
+    ratio = (hi / lo) ** (1 / steps)
+    return sorted({int(round(lo * ratio ** i)) for i in range(1, steps)} - {lo, hi})
+
+
 def tune(index: faiss.Index, shard: faiss.Index, queries: Sequence[np.ndarray],
          exact: Sequence[Hits], n: int, threshold: float, *, value: int | None = None,
          max_value: int | None = None, gpu: bool = False) -> tuple[dict[str, int], float, list]:
     """Smallest knob value (nprobe / efSearch) whose recall@n reaches `threshold`.
 
-    With `value` given, only that value is measured. Returns (params, recall at the
-    chosen value, [(value, recall), ...] tried). An exact index needs no tuning;
-    its recall is still measured (it checks the shards against brute force).
+    The ladder doubles until a value passes, then tries the values between the last
+    failing and the passing one (`finer`, ~1.19x steps) from below: the cost of a search
+    grows with nprobe, and a doubling ladder overshoots by up to 2x. With `value` given,
+    only that value is measured. Returns (params, recall at the chosen value, [(value,
+    recall), ...] in the order tried). An exact index needs no tuning; its recall is still
+    measured (it checks the shards against brute force).
     """
     knob = tunable(shard)
     if knob is None:
         return {}, recall(multi_interest_search(index, queries, n), exact), []
-    ladder = [value] if value is not None else [
-        v for v in knob[1] if max_value is None or v <= max_value] or [knob[1][0]]
     tried: list[tuple[int, float]] = []
-    params: dict[str, int] = {}
-    r = 0.0
-    for v in ladder:
-        params = search_params(shard, v)
-        set_search_params(index, params, gpu=gpu)
+
+    def measure(v: int) -> float:
+        set_search_params(index, search_params(shard, v), gpu=gpu)
         r = recall(multi_interest_search(index, queries, n), exact)
         tried.append((int(v), r))
         log.info("%s=%d: recall@%d = %.4f", knob[0], v, n, r)
+        return r
+
+    if value is not None:
+        return search_params(shard, value), measure(value), tried
+    ladder = [v for v in knob[1] if max_value is None or v <= max_value] or [knob[1][0]]
+    best, r_best = ladder[-1], 0.0
+    for i, v in enumerate(ladder):
+        r = measure(v)
+        best, r_best = v, r
         if r >= threshold:
+            for w in finer(ladder[i - 1], v) if i else []:  # the first passing one, if any
+                r = measure(w)
+                if r >= threshold:
+                    best, r_best = w, r
+                    break
             break
-    return params, r, tried
+    params = search_params(shard, best)
+    set_search_params(index, params, gpu=gpu)  # the chosen value, not the last one tried
+    return params, r_best, tried

@@ -136,12 +136,37 @@ def test_tune_finds_the_smallest_nprobe_reaching_the_threshold():
     shards = ix.build_shards(x, ids, "IVF64,Flat", 2)
     index = ix.combine(shards)
     params, recall, tried = ix.tune(index, shards[0], qs, exact, 50, 0.95)
-    assert recall >= 0.95 and params["nprobe"] == tried[-1][0]
-    assert all(r < 0.95 for _, r in tried[:-1]) and len(tried) > 1
+    assert recall >= 0.95 and (params["nprobe"], recall) in tried and len(tried) > 1
+    assert all(r < 0.95 for v, r in tried if v < params["nprobe"])
+    # the index is left at the chosen value, not at the last one tried
+    assert ix.recall(ix.multi_interest_search(index, qs, 50), exact) == recall
     params, bad, _ = ix.tune(index, shards[0], qs, exact, 50, 0.99, value=1)
     assert params == {"nprobe": 1} and bad < 0.95
     flat = ix.build_shards(x, ids, "Flat", 1)
     assert ix.tune(ix.combine(flat), flat[0], qs, exact, 50, 0.99) == ({}, 1.0, [])
+
+
+def test_finer_ladder_between_powers_of_two():
+    assert ix.finer(128, 256) == [152, 181, 215]  # 128 * 2^(i/4)
+    assert ix.finer(1, 2) == [] and ix.finer(2, 4) == [3]
+    x, ids = clustered(8000, clusters=20)
+    qs = users(60)
+    exact = ix.exact_multi_interest(x, ids, qs, 100)
+    (shard,) = ix.build_shards(x, ids, "IVF64,Flat", 1)
+
+    def recall_at(v: int) -> float:  # measured here, independently of tune
+        ix.set_search_params(shard, {"nprobe": v})
+        return ix.recall(ix.multi_interest_search(shard, qs, 100), exact)
+
+    # a threshold that nprobe 11 reaches and the power of two below (8) does not
+    threshold = recall_at(11)
+    assert recall_at(8) < threshold <= recall_at(16)
+    grid = [1, 2, 4, 8, *ix.finer(8, 16), 16]
+    want = min(v for v in grid if recall_at(v) >= threshold)
+    assert want in (10, 11)
+    params, r, tried = ix.tune(shard, shard, qs, exact, 100, threshold)
+    assert params == {"nprobe": want} and r == recall_at(want) >= threshold
+    assert [v for v, _ in tried] == [1, 2, 4, 8, 16, *[v for v in (10, 11) if v <= want]]
 
 
 def test_gpu_cloning_falls_back_to_cpu_without_gpus():
