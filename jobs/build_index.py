@@ -125,7 +125,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
 
     check_resources(cfg, n_items, sum(len(v) for v in users.vectors),
                     min(cfg.recall_n, n_items))
-    factory = cfg.factory or ix.choose_factory(n_items, exact_below=cfg.exact_below)
+    factory = cfg.factory or ix.choose_factory(n_items, dim=dim, exact_below=cfg.exact_below)
     log.info("[2/4] building %s over %d items (d=%d) in %d shard(s)", factory, n_items, dim,
              cfg.n_shards)
     t_build = time.time()
@@ -177,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> IndexConfig:
     p.add_argument("--ds", required=True)
     p.add_argument("--shards", dest="n_shards", type=int, default=d.n_shards)
     p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat below "
-                   "--exact-below items, else IVF<4 sqrt N>_HNSW32,Flat)")
+                   "--exact-below items, else IVF<4 sqrt N>,PQ<d>x4fs,RFlat: PQ fast scan, "
+                   "exact re-ranking; artefacts.index.choose_factory)")
     p.add_argument("--exact-below", type=int, default=d.exact_below)
     p.add_argument("--nprobe", type=int, default=None,
                    help="fixed nprobe (efSearch for HNSW); default: smallest passing the gate")

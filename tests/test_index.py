@@ -31,8 +31,11 @@ def same_ids(a: list[ix.Hits], b: list[ix.Hits]) -> bool:
 
 def test_choose_factory_by_catalogue_size():
     assert ix.choose_factory(99_999) == "Flat"
-    assert ix.choose_factory(1_000_000) == "IVF4096_HNSW32,Flat"
-    assert ix.choose_factory(5000, exact_below=1000).startswith("IVF256_HNSW32")
+    assert ix.choose_factory(1_000_000) == "IVF4096,PQ64x4fs,RFlat"
+    assert ix.choose_factory(1_000_000, dim=32) == "IVF4096,PQ32x4fs,RFlat"
+    assert ix.choose_factory(1_000_000, gpu=True) == "IVF4096_HNSW32,Flat"
+    assert ix.choose_factory(10**8) == "IVF32768_HNSW32,PQ64x4fs,RFlat"  # graph quantiser
+    assert ix.choose_factory(5000, exact_below=1000) == "IVF256,PQ64x4fs,RFlat"
     assert ix.default_nlist(10) == 64 and ix.default_nlist(10**12) == 1 << 18
 
 
@@ -92,6 +95,23 @@ def test_sharded_search_equals_unsharded(factory, params, tmp_path):
             np.testing.assert_allclose(h.scores, exact, rtol=1e-5, atol=1e-4)
 
 
+def test_default_ann_factory_passes_a_gate_with_exact_scores():
+    x, ids = clustered(6000)
+    qs = users(40)
+    factory = ix.choose_factory(len(ids), dim=D, exact_below=1000)
+    assert factory == "IVF256,PQ16x4fs,RFlat"
+    shards = ix.build_shards(x, ids, factory, 2)
+    index = ix.combine(shards, merge=True)
+    assert not isinstance(index, faiss.IndexShards) and index.ntotal == len(ids)
+    exact = ix.exact_multi_interest(x, ids, qs, 100)
+    params, r, _ = ix.tune(index, shards[0], qs, exact, 100, 0.95)
+    assert r >= 0.95 and params["k_factor"] == ix.REFINE_K_FACTOR
+    got = ix.multi_interest_search(index, qs, 100)
+    assert ix.recall(got, exact) == r
+    for q, h in zip(qs, got):  # re-ranked: every score is the item's exact best inner product
+        np.testing.assert_allclose(h.scores, (x[h.ids - 2] @ q.T).max(1), rtol=1e-5, atol=1e-4)
+
+
 def test_unmergeable_shards_are_searched_together():
     x, ids = clustered(600)
     shards = ix.build_shards(x, ids, "HNSW16,Flat", 2)
@@ -114,6 +134,34 @@ def test_merge_keeps_best_score_and_its_interest():
     np.testing.assert_allclose(h.scores, [3.0, 2.0, 0.2], rtol=1e-6)
     (h,) = ix.multi_interest_search(index, [q], 10, exclude=[[3]])
     assert h.ids.tolist() == [2, 4, 5]  # excluded item gone; fewer than n items exist
+
+
+def reference_merge(D: np.ndarray, I: np.ndarray, n: int, exclude) -> list[tuple]:
+    """Plain Python: each item's best score (first interest on ties), score desc, id asc."""
+    best: dict[int, tuple[float, int]] = {}
+    for j in range(len(I)):
+        for i, s in zip(I[j].tolist(), D[j].tolist()):
+            if i < 2 or i in exclude:
+                continue
+            if i not in best or s > best[i][0]:
+                best[i] = (s, j)
+    return sorted(((i, s, j) for i, (s, j) in best.items()), key=lambda t: (-t[1], t[0]))[:n]
+
+
+def test_merge_equals_plain_python_with_ties_and_padding():
+    rng = np.random.default_rng(5)
+    levels = np.array([-2.5, -0.0, 0.0, 0.75, 1.5, 3.0, -np.inf], np.float32)  # many ties
+    for case in range(300):
+        k_active, k, n = rng.integers(1, 6), rng.integers(1, 40), rng.integers(1, 60)
+        I = rng.integers(-1, rng.integers(3, 120), (k_active, k))  # -1: faiss's padding
+        D = (rng.choice(levels, (k_active, k)) if case % 2 else
+             rng.standard_normal((k_active, k)).astype(np.float32))
+        exclude = rng.integers(2, 40, rng.integers(0, 6))
+        h = ix._merge_user(D, I, n, exclude)
+        want = reference_merge(D, I, n, set(exclude.tolist()))
+        assert h.ids.tolist() == [i for i, _, _ in want]
+        assert h.scores.tolist() == [s for _, s, _ in want]
+        assert h.interest.tolist() == [j for _, _, j in want]
 
 
 def test_users_without_vectors_are_rejected():
