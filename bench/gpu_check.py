@@ -76,7 +76,7 @@ def faiss_gpu(items: int, requests: int) -> dict:
         return {"skipped": "faiss sees no GPU (faiss-cpu installed): install faiss-gpu==1.15.1 "
                            "(the pyproject extra `gpu`) instead of faiss-cpu"}
     x, ids, users = generate(items, 64, 2000)
-    factory = ix.choose_factory(items)
+    factory = ix.choose_factory(items, gpu=True)  # GPU FAISS has no PQ fast scan
     t = time.perf_counter()
     shards = ix.build_shards(x, ids, factory, 2)
     build_s = time.perf_counter() - t

@@ -229,7 +229,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
     n = min(cfg.recall_n, n_items)
     check_resources(cfg, n_items, len(queries), n)
 
-    factory = cfg.factory or ix.choose_factory(n_items, exact_below=cfg.exact_below)
+    factory = cfg.factory or ix.choose_factory(n_items, dim=dim, exact_below=cfg.exact_below)
     t_build = time.time()
     n_train = min(ix.training_size(factory, dim, cfg.train_size), n_items)
     if n_train:
@@ -300,7 +300,8 @@ def parse_args(argv: list[str] | None = None) -> IndexConfig:
     p.add_argument("--ds", required=True)
     p.add_argument("--shards", dest="n_shards", type=int, default=d.n_shards)
     p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat below "
-                   "--exact-below items, else IVF<4 sqrt N>_HNSW32,Flat)")
+                   "--exact-below items, else IVF<4 sqrt N>,PQ<d>x4fs,RFlat: PQ fast scan, "
+                   "exact re-ranking; artefacts.index.choose_factory)")
     p.add_argument("--exact-below", type=int, default=d.exact_below)
     p.add_argument("--nprobe", type=int, default=None,
                    help="fixed nprobe (efSearch for HNSW); default: smallest passing the gate")

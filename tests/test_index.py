@@ -31,8 +31,11 @@ def same_ids(a: list[ix.Hits], b: list[ix.Hits]) -> bool:
 
 def test_choose_factory_by_catalogue_size():
     assert ix.choose_factory(99_999) == "Flat"
-    assert ix.choose_factory(1_000_000) == "IVF4096_HNSW32,Flat"
-    assert ix.choose_factory(5000, exact_below=1000).startswith("IVF256_HNSW32")
+    assert ix.choose_factory(1_000_000) == "IVF4096,PQ64x4fs,RFlat"
+    assert ix.choose_factory(1_000_000, dim=32) == "IVF4096,PQ32x4fs,RFlat"
+    assert ix.choose_factory(1_000_000, gpu=True) == "IVF4096_HNSW32,Flat"
+    assert ix.choose_factory(10**8) == "IVF32768_HNSW32,PQ64x4fs,RFlat"  # graph quantiser
+    assert ix.choose_factory(5000, exact_below=1000) == "IVF256,PQ64x4fs,RFlat"
     assert ix.default_nlist(10) == 64 and ix.default_nlist(10**12) == 1 << 18
 
 
@@ -92,6 +95,23 @@ def test_sharded_search_equals_unsharded(factory, params, tmp_path):
             np.testing.assert_allclose(h.scores, exact, rtol=1e-5, atol=1e-4)
 
 
+def test_default_ann_factory_passes_a_gate_with_exact_scores():
+    x, ids = clustered(6000)
+    qs = users(40)
+    factory = ix.choose_factory(len(ids), dim=D, exact_below=1000)
+    assert factory == "IVF256,PQ16x4fs,RFlat"
+    shards = ix.build_shards(x, ids, factory, 2)
+    index = ix.combine(shards, merge=True)
+    assert not isinstance(index, faiss.IndexShards) and index.ntotal == len(ids)
+    exact = ix.exact_multi_interest(x, ids, qs, 100)
+    params, r, _ = ix.tune(index, shards[0], qs, exact, 100, 0.95)
+    assert r >= 0.95 and params["k_factor"] == ix.REFINE_K_FACTOR
+    got = ix.multi_interest_search(index, qs, 100)
+    assert ix.recall(got, exact) == r
+    for q, h in zip(qs, got):  # re-ranked: every score is the item's exact best inner product
+        np.testing.assert_allclose(h.scores, (x[h.ids - 2] @ q.T).max(1), rtol=1e-5, atol=1e-4)
+
+
 def test_unmergeable_shards_are_searched_together():
     x, ids = clustered(600)
     shards = ix.build_shards(x, ids, "HNSW16,Flat", 2)
@@ -116,6 +136,34 @@ def test_merge_keeps_best_score_and_its_interest():
     assert h.ids.tolist() == [2, 4, 5]  # excluded item gone; fewer than n items exist
 
 
+def reference_merge(D: np.ndarray, I: np.ndarray, n: int, exclude) -> list[tuple]:
+    """Plain Python: each item's best score (first interest on ties), score desc, id asc."""
+    best: dict[int, tuple[float, int]] = {}
+    for j in range(len(I)):
+        for i, s in zip(I[j].tolist(), D[j].tolist()):
+            if i < 2 or i in exclude:
+                continue
+            if i not in best or s > best[i][0]:
+                best[i] = (s, j)
+    return sorted(((i, s, j) for i, (s, j) in best.items()), key=lambda t: (-t[1], t[0]))[:n]
+
+
+def test_merge_equals_plain_python_with_ties_and_padding():
+    rng = np.random.default_rng(5)
+    levels = np.array([-2.5, -0.0, 0.0, 0.75, 1.5, 3.0, -np.inf], np.float32)  # many ties
+    for case in range(300):
+        k_active, k, n = rng.integers(1, 6), rng.integers(1, 40), rng.integers(1, 60)
+        I = rng.integers(-1, rng.integers(3, 120), (k_active, k))  # -1: faiss's padding
+        D = (rng.choice(levels, (k_active, k)) if case % 2 else
+             rng.standard_normal((k_active, k)).astype(np.float32))
+        exclude = rng.integers(2, 40, rng.integers(0, 6))
+        h = ix._merge_user(D, I, n, exclude)
+        want = reference_merge(D, I, n, set(exclude.tolist()))
+        assert h.ids.tolist() == [i for i, _, _ in want]
+        assert h.scores.tolist() == [s for _, s, _ in want]
+        assert h.interest.tolist() == [j for _, _, j in want]
+
+
 def test_users_without_vectors_are_rejected():
     x, ids = clustered(100)
     index = ix.combine(ix.build_shards(x, ids, "Flat", 1))
@@ -136,12 +184,37 @@ def test_tune_finds_the_smallest_nprobe_reaching_the_threshold():
     shards = ix.build_shards(x, ids, "IVF64,Flat", 2)
     index = ix.combine(shards)
     params, recall, tried = ix.tune(index, shards[0], qs, exact, 50, 0.95)
-    assert recall >= 0.95 and params["nprobe"] == tried[-1][0]
-    assert all(r < 0.95 for _, r in tried[:-1]) and len(tried) > 1
+    assert recall >= 0.95 and (params["nprobe"], recall) in tried and len(tried) > 1
+    assert all(r < 0.95 for v, r in tried if v < params["nprobe"])
+    # the index is left at the chosen value, not at the last one tried
+    assert ix.recall(ix.multi_interest_search(index, qs, 50), exact) == recall
     params, bad, _ = ix.tune(index, shards[0], qs, exact, 50, 0.99, value=1)
     assert params == {"nprobe": 1} and bad < 0.95
     flat = ix.build_shards(x, ids, "Flat", 1)
     assert ix.tune(ix.combine(flat), flat[0], qs, exact, 50, 0.99) == ({}, 1.0, [])
+
+
+def test_finer_ladder_between_powers_of_two():
+    assert ix.finer(128, 256) == [152, 181, 215]  # 128 * 2^(i/4)
+    assert ix.finer(1, 2) == [] and ix.finer(2, 4) == [3]
+    x, ids = clustered(8000, clusters=20)
+    qs = users(60)
+    exact = ix.exact_multi_interest(x, ids, qs, 100)
+    (shard,) = ix.build_shards(x, ids, "IVF64,Flat", 1)
+
+    def recall_at(v: int) -> float:  # measured here, independently of tune
+        ix.set_search_params(shard, {"nprobe": v})
+        return ix.recall(ix.multi_interest_search(shard, qs, 100), exact)
+
+    # a threshold that nprobe 11 reaches and the power of two below (8) does not
+    threshold = recall_at(11)
+    assert recall_at(8) < threshold <= recall_at(16)
+    grid = [1, 2, 4, 8, *ix.finer(8, 16), 16]
+    want = min(v for v in grid if recall_at(v) >= threshold)
+    assert want in (10, 11)
+    params, r, tried = ix.tune(shard, shard, qs, exact, 100, threshold)
+    assert params == {"nprobe": want} and r == recall_at(want) >= threshold
+    assert [v for v, _ in tried] == [1, 2, 4, 8, 16, *[v for v in (10, 11) if v <= want]]
 
 
 def test_gpu_cloning_falls_back_to_cpu_without_gpus():
