@@ -12,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
 .PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
-        mlflow-ui bench-serve serve gpu-check bench-chunks
+        mlflow-ui bench-serve serve gpu-check bench-chunks bench-embed
 
 setup: $(STAMP)
 
@@ -69,6 +69,12 @@ bench-train: $(STAMP)
 
 bench-index: $(STAMP)
 	$(PY) -m bench.bench_index
+
+# The Spark embedding job alone at local[1] and local[2] (bench/results/embed.json).
+# BENCH_EMBED_ARGS: --embed-users, --embed-checkouts before=/path/to/old/checkout,after=.
+BENCH_EMBED_ARGS ?=
+bench-embed: $(STAMP)
+	$(PY) -m bench.bench_index --embed-only $(BENCH_EMBED_ARGS)
 
 # The retrieval service under load on loopback, a publish and a rollback during the run;
 # fails on any failed or mixed-version answer. BENCH_SERVE_ARGS: --items, --clients, ...

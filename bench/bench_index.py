@@ -273,7 +273,7 @@ def bench_embedding_job(work: Path, n_users: int, n_items: int,
     checkouts = checkouts or {"after": Path(".")}
     out: dict = {"users": n_users, "items": n_items, "batch_size": batch_size,
                  "model": "MIND d=64, K=4, L=50, tower (256,)",
-                 "forward_in_one_process": bench_forward(root, min(n_users, 100_000),
+                 "forward_in_one_process": bench_forward(root, min(n_users, 50_000),
                                                          batch_size)}
     for name, repo in checkouts.items():
         runs = {f"local[{c}]": run_embed_job(root, Path(repo), c, batch_size) for c in cores}
@@ -361,13 +361,13 @@ def bench_forward(root: Path, n_users: int, batch_size: int) -> dict:
     try:
         for name, table in (("with_behaviour_table", model.behaviour_table()),
                             ("without_table", None)):
-            def one_pass():
-                for s in range(0, t.num_rows, batch_size):
+            def one_pass(rows: int = t.num_rows):
+                for s in range(0, rows, batch_size):
                     interest_vectors_flat(model, hist[s:s + batch_size],
                                           hist_len[s:s + batch_size],
                                           {c: v[s:s + batch_size] for c, v in prof.items()},
                                           table)
-            one_pass()  # warm-up
+            one_pass(2 * batch_size)  # warm-up
             w, c = time.perf_counter(), time.process_time()
             one_pass()
             w, c = time.perf_counter() - w, time.process_time() - c

@@ -142,3 +142,13 @@ def test_torch_threads_per_task_follow_spark_task_cpus(root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((DataLayout(root).embeddings(DS) / "manifest.json").read_text())
     assert m["task_cpus"] == 2 and m["profile"]["torch_threads_per_task"] == [2]
+    assert embed_users.QUICK_JIT in m["driver_java_options"]  # the JVM it started itself
+
+
+def test_quick_jit_only_for_a_driver_the_job_starts(monkeypatch):
+    key = "spark.driver.extraJavaOptions"
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    assert embed_users.jvm_options({}) == {key: embed_users.QUICK_JIT}
+    assert embed_users.jvm_options({key: "-Xss4m"}) == {}  # the caller's option wins
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")  # under spark-submit
+    assert embed_users.jvm_options({}) == {}
