@@ -12,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED = 0
 
 .PHONY: setup test test-slow test-all lint local-pipeline bench-prep bench-index lock clean bench-train \
-        mlflow-ui bench-serve serve gpu-check bench-chunks bench-index-build
+        mlflow-ui bench-serve serve gpu-check bench-chunks bench-index-build bench-embed
 
 setup: $(STAMP)
 
@@ -70,9 +70,17 @@ bench-train: $(STAMP)
 bench-index: $(STAMP)
 	$(PY) -m bench.bench_index
 
-# the index job's shard fill by 1 and 2 worker processes: bench/results/index_build.json
+# The index job's shard fill by 1 and 2 worker processes (bench/results/index_build.json).
+# BENCH_INDEX_BUILD_ARGS: --items, --shards, --factory.
+BENCH_INDEX_BUILD_ARGS ?=
 bench-index-build: $(STAMP)
 	$(PY) -m bench.bench_index_build $(BENCH_INDEX_BUILD_ARGS)
+
+# The Spark embedding job alone at local[1] and local[2] (bench/results/embed.json).
+# BENCH_EMBED_ARGS: --embed-users, --embed-checkouts before=/path/to/old/checkout,after=.
+BENCH_EMBED_ARGS ?=
+bench-embed: $(STAMP)
+	$(PY) -m bench.bench_index --embed-only $(BENCH_EMBED_ARGS)
 
 # The retrieval service under load on loopback, a publish and a rollback during the run;
 # fails on any failed or mixed-version answer. BENCH_SERVE_ARGS: --items, --clients, ...

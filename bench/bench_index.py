@@ -282,26 +282,138 @@ def clustered_histories(rng: np.random.Generator, labels: np.ndarray, n_users: i
     return (order[np.minimum(pos, len(order) - 1)] + 2).astype(np.int32)  # idx = position + 2
 
 
-def bench_embedding_job(work: Path, n_users: int, n_items: int) -> dict:
+def bench_embedding_job(work: Path, n_users: int, n_items: int,
+                        checkouts: dict[str, Path] | None = None, batch_size: int = 1024,
+                        cores: tuple[int, ...] = (1, 2)) -> dict:
+    """users/s of `jobs.embed_users` at local[c] for each c in `cores` and each checkout
+    (name -> repository root; default this one), all on the same data in this one run.
+
+    users_per_second is the manifest's: users / wall of the users stage (after the JVM
+    started and the input was counted). Each run also reports the job's wall with Spark's
+    start-up, the CPU seconds of its whole process tree (driver, JVM, Python workers;
+    polled, so the machine's other load does not count) and users per CPU-second."""
     root = work / "embed"
     make_sequences(root, n_users, n_items)
-    out = {"users": n_users, "model": "MIND d=64, K=4, L=50, tower (256,)"}
-    for cores in (1, 2):
-        cmd = [sys.executable, "-m", "jobs.embed_users", "--data-root", str(root), "--ds", DS,
-               "--master", f"local[{cores}]", "--conf", "spark.ui.showConsoleProgress=false"]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(f"embed_users failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        m = json.loads((root / "embeddings" / f"ds={DS}" / "manifest.json").read_text())
-        out[f"local[{cores}]"] = {
-            "users_per_second": m["users_per_second"],  # the vectors stage alone
-            "stage_seconds": m["seconds"]["users"], "job_seconds_with_spark_start": round(wall, 1),
-            "partitions": m["partitions"]}
-        print(f"[embed] local[{cores}]: {m['users_per_second']:,.0f} users/s "
-              f"({m['seconds']['users']}s for {n_users:,} users; {wall:.0f}s with Spark start)",
-              flush=True)
+    checkouts = checkouts or {"after": Path(".")}
+    out: dict = {"users": n_users, "items": n_items, "batch_size": batch_size,
+                 "model": "MIND d=64, K=4, L=50, tower (256,)",
+                 "forward_in_one_process": bench_forward(root, min(n_users, 50_000),
+                                                         batch_size)}
+    for name, repo in checkouts.items():
+        runs = {f"local[{c}]": run_embed_job(root, Path(repo), c, batch_size) for c in cores}
+        first, last = runs[f"local[{cores[0]}]"], runs[f"local[{cores[-1]}]"]
+        runs[f"ratio_local[{cores[-1]}]_to_local[{cores[0]}]"] = round(
+            last["users_per_second"] / first["users_per_second"], 2)
+        out[name] = runs
+        print(f"[embed] {name}: local[{cores[-1]}] / local[{cores[0]}] = "
+              f"{runs[f'ratio_local[{cores[-1]}]_to_local[{cores[0]}]']}", flush=True)
+    return out
+
+
+def run_embed_job(root: Path, repo: Path, cores: int, batch_size: int) -> dict:
+    """One `python -m jobs.embed_users` at local[cores] from the checkout `repo`."""
+    cmd = [sys.executable, "-m", "jobs.embed_users", "--data-root", str(root.resolve()),
+           "--ds", DS, "--master", f"local[{cores}]", "--batch-size", str(batch_size),
+           "--conf", "spark.ui.showConsoleProgress=false"]
+    env = {**os.environ, "PYTHONPATH": str(repo.resolve())}
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    cpu = tree_cpu_seconds(proc)  # waits for the job
+    wall = time.perf_counter() - t
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"embed_users failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    m = json.loads((root / "embeddings" / f"ds={DS}" / "manifest.json").read_text())
+    r = {"users_per_second": m["users_per_second"],  # the users stage alone
+         "stage_seconds": m["seconds"]["users"], "job_seconds_with_spark_start": round(wall, 1),
+         "job_users_per_second_with_spark_start": round(m["users"] / wall, 1),
+         "cpu_seconds_process_tree": round(cpu, 1),
+         "users_per_cpu_second": round(m["users"] / max(cpu, 1e-9), 1),
+         "partitions": m["partitions"], "load_average_before": round(load, 2),
+         "load_average_after": round(os.getloadavg()[0], 2)}
+    if "profile" in m:
+        r["profile"] = m["profile"]
+    print(f"[embed] {repo} local[{cores}]: {r['users_per_second']:,.0f} users/s "
+          f"({r['stage_seconds']}s for {m['users']:,} users; {wall:.0f}s with Spark start; "
+          f"{cpu:.0f} CPU s, {r['users_per_cpu_second']:,.0f} users per CPU s; load "
+          f"{load:.1f})", flush=True)
+    return r
+
+
+def tree_cpu_seconds(proc: subprocess.Popen, every: float = 0.2) -> float:
+    """CPU seconds (user + system) of `proc` and all its descendants until it exits: the
+    last value seen of each process, polled (a process that ends between two polls loses
+    at most `every` seconds)."""
+    last: dict[int, float] = {}
+    while proc.poll() is None:
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                c = p.cpu_times()
+                last[p.pid] = c.user + c.system
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(every)
+    return sum(last.values())
+
+
+def bench_forward(root: Path, n_users: int, batch_size: int) -> dict:
+    """The ceiling of the job: f_user alone in this process, one torch thread, batches of
+    `batch_size` users of the job's data, as the job runs it (behaviour table) and without
+    the table (the forward before issue 17)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from jobs.embed_users import _hist_matrix, load_for_catalogue
+    from mind_model.inference import interest_vectors_flat
+    from schemas import PROFILE_COLUMNS
+
+    seq = root / "sequences" / f"ds={DS}"
+    model = load_for_catalogue(root / "models" / f"ds={DS}" / "model.pt", seq)
+    t = pq.read_table(seq / "latest").slice(0, n_users)
+    hist = _hist_matrix(t.column("hist").combine_chunks(), t.num_rows)  # (U, L)
+    hist_len = t.column("hist_len").to_numpy()
+    prof = {c: t.column(c).to_numpy() for c in PROFILE_COLUMNS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"users": t.num_rows, "torch_threads": 1}
+    try:
+        for name, table in (("with_behaviour_table", model.behaviour_table()),
+                            ("without_table", None)):
+            def one_pass(rows: int = t.num_rows):
+                for s in range(0, rows, batch_size):
+                    interest_vectors_flat(model, hist[s:s + batch_size],
+                                          hist_len[s:s + batch_size],
+                                          {c: v[s:s + batch_size] for c, v in prof.items()},
+                                          table)
+            one_pass(2 * batch_size)  # warm-up
+            w, c = time.perf_counter(), time.process_time()
+            one_pass()
+            w, c = time.perf_counter() - w, time.process_time() - c
+            out[name] = {"users_per_second": round(t.num_rows / w, 1),
+                         "users_per_cpu_second": round(t.num_rows / c, 1)}
+            print(f"[embed] f_user alone, 1 thread, batch {batch_size} ({name}): "
+                  f"{t.num_rows / w:,.0f} users/s, {t.num_rows / c:,.0f} users per CPU s",
+                  flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def parse_checkouts(spec: str) -> dict[str, Path]:
+    """'before=/old/checkout,after=.' -> {name: path}."""
+    out = {}
+    for part in filter(None, spec.split(",")):
+        name, sep, path = part.partition("=")
+        if not sep or not name or not (Path(path) / "jobs" / "embed_users.py").is_file():
+            raise SystemExit(f"--embed-checkouts: {part!r} is not NAME=PATH of a checkout "
+                             f"with jobs/embed_users.py")
+        out[name] = Path(path)
     return out
 
 
@@ -318,11 +430,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--embed-users", type=int, default=200_000)
     p.add_argument("--embed-items", type=int, default=100_000)
     p.add_argument("--skip-embedding-job", action="store_true")
+    p.add_argument("--embed-only", action="store_true",
+                   help="only the embedding job (and its f_user ceiling): no index")
+    p.add_argument("--embed-batch-size", type=int, default=1024)
+    p.add_argument("--embed-checkouts", default="after=.",
+                   help="NAME=PATH,... checkouts whose embedding job is timed on the same "
+                        "data, e.g. before=/tmp/old,after=.")
     p.add_argument("--candidates", default=";".join(CANDIDATES),
                    help="more FAISS factories, each tuned to recall@1000 >= 0.95 and timed at "
                         "K=5, N=1000, separated by ; ('' for none)")
     p.add_argument("--out", type=Path, default=Path("bench/results/index.json"))
     a = p.parse_args(argv)
+    if a.embed_only:
+        return embed_only(a)
     import faiss
 
     load_before = os.getloadavg()
@@ -358,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                 ns=(ix.SERVED_N,), ks=(5,))}
             del index, shards
         embed = None if a.skip_embedding_job else bench_embedding_job(
-            work, a.embed_users, a.embed_items)
+            work, a.embed_users, a.embed_items, parse_checkouts(a.embed_checkouts),
+            a.embed_batch_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
@@ -379,6 +500,45 @@ def main(argv: list[str] | None = None) -> None:
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     print_summary(report)
     print(f"wrote {a.out}")
+
+
+def embed_only(a: argparse.Namespace) -> None:
+    """--embed-only: the embedding job's figures, written to `a.out` (default
+    bench/results/embed.json, so that index.json keeps the full run's)."""
+    out = a.out if a.out != Path("bench/results/index.json") else Path("bench/results/embed.json")
+    checkouts = parse_checkouts(a.embed_checkouts)
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    t = time.perf_counter()
+    try:
+        embed = bench_embedding_job(work, a.embed_users, a.embed_items, checkouts,
+                                    a.embed_batch_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {"benchmark": "embedding_job", "embedding_job": embed,
+              "checkouts": {k: str(v) for k, v in checkouts.items()},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_before": [round(v, 2) for v in load_before],
+                          "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+              "seconds": round(time.perf_counter() - t, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_embedding(embed)
+    print(f"wrote {out}")
+
+
+def print_embedding(j: dict) -> None:
+    f = j["forward_in_one_process"]
+    print(f"\nembedding job ({j['users']:,} users, batch {j['batch_size']}); ceiling, f_user "
+          f"alone on 1 thread: {f['with_behaviour_table']['users_per_second']:,.0f} users/s "
+          f"({f['with_behaviour_table']['users_per_cpu_second']:,.0f} per CPU s)")
+    for name, runs in j.items():
+        if not isinstance(runs, dict) or "local[1]" not in runs:
+            continue
+        cells = [f"{k} {v['users_per_second']:,.0f} users/s ({v['users_per_cpu_second']:,.0f} "
+                 f"per CPU s)" for k, v in runs.items() if isinstance(v, dict)]
+        ratio = [v for k, v in runs.items() if k.startswith("ratio")]
+        print(f"  {name}: " + ", ".join(cells) + f"; ratio {ratio[0] if ratio else '-'}")
 
 
 def print_summary(r: dict) -> None:
@@ -432,10 +592,7 @@ def print_summary(r: dict) -> None:
             print(f"{name:34}{str(d['search_params']):>34}{d['recall']['@1000']:>8}{mib:>6}"
                   f"{lat['p50_ms']:>15.2f}/{lat['p99_ms']:<8.2f}{lat['cpu_ms_mean']:>8}")
     if r["embedding_job"]:
-        j = r["embedding_job"]
-        print(f"embedding job ({j['users']:,} users): local[1] "
-              f"{j['local[1]']['users_per_second']:,.0f} users/s, local[2] "
-              f"{j['local[2]']['users_per_second']:,.0f} users/s")
+        print_embedding(r["embedding_job"])
 
 
 if __name__ == "__main__":

@@ -240,19 +240,25 @@ class B2IRouting(nn.Module):
         """e: (B, L, D) behaviour embeddings; hist_len: (B,); bmask: (B, L) bool real
         behaviours (default: position < hist_len); init_logits: optional (B, K, L)
         starting logits (tests, analysis), else drawn as described above."""
-        B, L, _ = e.shape
-        if bmask is None:
-            bmask = torch.arange(L, device=e.device)[None, :] < hist_len[:, None]  # (B, L)
-        k_active = n_active_interests(hist_len, self.k, self.dynamic).to(e.device)  # (B,)
-        imask = torch.arange(self.k, device=e.device)[None, :] < k_active[:, None]  # (B, K)
+        return self.route(self.S(e), hist_len, bmask, init_logits)
 
-        e_hat = self.S(e)  # (B, L, D)
+    def route(self, e_hat: Tensor, hist_len: Tensor, bmask: Tensor | None = None,
+              init_logits: Tensor | None = None) -> RoutingOutput:
+        """`forward` on behaviours already mapped by S: e_hat = S e, (B, L, D). Bulk
+        inference gathers e_hat from a table mapped once (`MIND.behaviour_table`)."""
+        B, L, _ = e_hat.shape
+        dev = e_hat.device
+        if bmask is None:
+            bmask = torch.arange(L, device=dev)[None, :] < hist_len[:, None]  # (B, L)
+        k_active = n_active_interests(hist_len, self.k, self.dynamic).to(dev)  # (B,)
+        imask = torch.arange(self.k, device=dev)[None, :] < k_active[:, None]  # (B, K)
+
         e_hat_nograd = e_hat.detach()
         if init_logits is not None and init_logits.shape != (B, self.k, L):
             raise ValueError(f"init_logits must be (B, K, L) = {(B, self.k, L)}, "
                              f"got {tuple(init_logits.shape)}")
-        b = self.initial_logits(B, L, e.device) if init_logits is None else init_logits
-        b = b.detach().to(e.dtype)  # (B, K, L)
+        b = self.initial_logits(B, L, dev) if init_logits is None else init_logits
+        b = b.detach().to(e_hat.dtype)  # (B, K, L)
         for it in range(self.iters):
             # grads via the last iteration only
             src = e_hat if it == self.iters - 1 else e_hat_nograd
@@ -381,13 +387,29 @@ class MIND(nn.Module):
         return torch.cat([self.items(torch.arange(s, min(s + chunk, n), device=dev))
                           for s in range(0, n, chunk)])
 
+    @torch.no_grad()
+    def behaviour_table(self, chunk: int = 1 << 18) -> Tensor:
+        """(n_catalogue, D): each item as routing sees a behaviour, S e_i (e_i for mean
+        pooling); row 0 (padding) is zero. Computed once for bulk inference, a batch then
+        gathers rows instead of summing 1 + n_sides lookups and mapping (B*L, D) by S."""
+        dev, n = self.items.item.weight.device, self.n_catalogue
+        out = []
+        for s in range(0, n, chunk):
+            e = self.items(torch.arange(s, min(s + chunk, n), device=dev))  # (C, D)
+            out.append(e if self.routing is None else self.routing.S(e))
+        return torch.cat(out)
+
     def interest_capsules(self, hist: Tensor, hist_len: Tensor,
-                          init_logits: Tensor | None = None) -> RoutingOutput:
+                          init_logits: Tensor | None = None,
+                          table: Tensor | None = None) -> RoutingOutput:
         """Capsules before the user tower: routing output, or the masked mean of the
-        behaviour embeddings as a single capsule (YouTube DNN)."""
+        behaviour embeddings as a single capsule (YouTube DNN). `table`: this model's
+        `behaviour_table()` (inference only: no gradient reaches the embeddings)."""
         hist_len = hist_len.long()
         bmask = behaviour_mask(hist, hist_len)  # (B, L)
-        e = self.items(hist)  # (B, L, D)
+        if table is not None and self.routing is not None:
+            return self.routing.route(F.embedding(hist, table), hist_len, bmask, init_logits)
+        e = self.items(hist) if table is None else F.embedding(hist, table)  # (B, L, D)
         if self.routing is not None:
             return self.routing(e, hist_len, bmask, init_logits)
         m = bmask.to(e.dtype)[:, :, None]  # (B, L, 1)
@@ -396,10 +418,12 @@ class MIND(nn.Module):
 
     def user_interests(self, hist: Tensor, hist_len: Tensor,
                        profile: Mapping[str, Tensor] | None = None,
-                       init_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """f_user: (V (B, K, D), mask (B, K) bool). Inactive interests are zeroed."""
-        return self.interests_from_capsules(self.interest_capsules(hist, hist_len, init_logits),
-                                            profile)
+                       init_logits: Tensor | None = None,
+                       table: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """f_user: (V (B, K, D), mask (B, K) bool). Inactive interests are zeroed.
+        `table`: `behaviour_table()`, for bulk inference."""
+        caps = self.interest_capsules(hist, hist_len, init_logits, table)
+        return self.interests_from_capsules(caps, profile)
 
     def interests_from_capsules(self, caps: RoutingOutput,
                                 profile: Mapping[str, Tensor] | None = None

@@ -498,3 +498,27 @@ def test_embedding_init_std():
             assert w[1:].std().item() == pytest.approx(std, rel=0.05)
     with pytest.raises(ValueError, match="sizes must be >= 0"):
         ModelConfig(n_items=10, embed_init_std=-1.0)
+
+
+@pytest.mark.parametrize("variant", ["mind", "youtube"])
+def test_behaviour_table_gives_the_vectors_of_the_full_forward(variant):
+    """Bulk inference gathers S e_i from `behaviour_table()`: the same (V, mask) as the
+    forward that embeds and maps every behaviour, for items with side ids, items newer
+    than the model, and padding; S random (not the identity init), so the map is tested."""
+    cfg = tiny_cfg() if variant == "mind" else youtube_dnn(tiny_cfg())
+    torch.manual_seed(3)
+    model = MIND(cfg).eval()
+    model.set_item_side(torch.randint(1, 6, (30,)), torch.randint(1, 5, (30,)))
+    model.extend_catalogue(torch.randint(1, 6, (34,)), torch.randint(1, 5, (34,)))
+    if model.routing is not None:
+        with torch.no_grad():
+            model.routing.S.weight.normal_()
+    batch = make_batch(B=6, n_items=34, lens=[1, 2, 3, 5, 8, 8])  # ids up to 33: 4 new items
+    profile = {"gender": batch["gender_idx"], "age_bucket": batch["age_bucket_idx"]}
+    table = model.behaviour_table(chunk=7)  # chunks that do not divide the catalogue
+    assert table.shape == (34, 8) and not table[0].any()  # padding stays zero
+    with torch.no_grad():
+        ref = model.user_interests(batch["hist"], batch["hist_len"], profile)
+        got = model.user_interests(batch["hist"], batch["hist_len"], profile, table=table)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[1], ref[1])
