@@ -23,6 +23,10 @@ Public API
     items have their own id embedding (the others share the unknown id's);
     `extend_catalogue(category_idx, brand_idx)`: score items newer than the model
     through their side features.
+- Scores: the inner product (the paper), or with `cfg.cosine_temperature` > 0 cosines:
+  `item_embeddings`, `all_item_embeddings`, `user_interests` and `forward` then return
+  unit vectors, so every consumer (evaluation, inference, the embedding job, the index)
+  ranks by cosine; the temperature is applied by the loss (`cfg.softmax_scale`).
 - Building blocks: `ItemEmbedding`, `B2IRouting`, `LabelAwareAttention`,
   `ProfileEmbedding`, `UserTower`, `squash`, `n_active_interests`.
 
