@@ -49,6 +49,12 @@ GRID: dict[str, list[Any]] = {
     "lr": [3e-3, 1e-3],
     "embed_dim": [64, 128],
     "side_features": [True, False],
+    # unit user / item vectors, softmax over cos / tau (0 = the paper's inner product) and
+    # dropout on the behaviour embeddings: on Yelp (3 user splits, test HR@50) YouTube DNN
+    # +0.009 with tau = 0.1, +0.022 with tau = 0.1 and dropout 0.2; MIND-K with both
+    # +0.043 over its defaults on one split, level with a tuned ALS (README, Real data)
+    "cosine_temperature": [0.0, 0.1],
+    "hist_dropout": [0.0, 0.2],
     "n_interests": [2, 4, 6],
     "routing_sigma": [0.3, 1.0],
     "routing_init_scale": [1.0, 4.0],

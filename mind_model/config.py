@@ -44,6 +44,10 @@ class ModelSettings:
     n_neg: int = 1024  # negatives per step, shared by the whole batch
     sampler: str = "log_uniform"  # "log_uniform" (Zipf over rank), "popularity" or "full"
     logit_scale: float = 1.0  # multiplies u.e before the softmax (1 / temperature)
+    # > 0: user and item vectors are L2-normalised (training, evaluation and export alike)
+    # and the softmax sees logit_scale * cos(u, e) / cosine_temperature; 0 = inner product
+    cosine_temperature: float = 0.0
+    hist_dropout: float = 0.0  # dropout on the behaviour embeddings, training only (0 = off)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -54,8 +58,24 @@ class ModelSettings:
             raise ValueError(f"pow_p must be >= 0 (inf allowed), got {self.pow_p}")
         if min(self.embed_dim, self.n_neg, self.embed_init_std) < 0:
             raise ValueError("sizes must be >= 0")
+        if not self.cosine_temperature >= 0:  # also rejects nan
+            raise ValueError(f"cosine_temperature must be >= 0 (0 = off), "
+                             f"got {self.cosine_temperature}")
+        if not 0 <= self.hist_dropout < 1:
+            raise ValueError(f"hist_dropout must be in [0, 1), got {self.hist_dropout}")
         # frozen: canonical values set once (a tuple, whatever sequence was given)
         object.__setattr__(self, "tower_hidden", tuple(int(h) for h in self.tower_hidden))
+
+    @property
+    def cosine_scores(self) -> bool:
+        """Whether user and item vectors are L2-normalised (scores are cosines)."""
+        return self.cosine_temperature > 0
+
+    @property
+    def softmax_scale(self) -> float:
+        """What the training softmax multiplies a score by: logit_scale, over the
+        temperature when scores are cosines."""
+        return self.logit_scale / (self.cosine_temperature if self.cosine_scores else 1.0)
 
 
 @dataclass(frozen=True)

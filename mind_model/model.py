@@ -23,6 +23,10 @@ Public API
     items have their own id embedding (the others share the unknown id's);
     `extend_catalogue(category_idx, brand_idx)`: score items newer than the model
     through their side features.
+- Scores: the inner product (the paper), or with `cfg.cosine_temperature` > 0 cosines:
+  `item_embeddings`, `all_item_embeddings`, `user_interests` and `forward` then return
+  unit vectors, so every consumer (evaluation, inference, the embedding job, the index)
+  ranks by cosine; the temperature is applied by the loss (`cfg.softmax_scale`).
 - Building blocks: `ItemEmbedding`, `B2IRouting`, `LabelAwareAttention`,
   `ProfileEmbedding`, `UserTower`, `squash`, `n_active_interests`.
 
@@ -361,6 +365,13 @@ class MIND(nn.Module):
         self.profile = ProfileEmbedding(cfg.profile_vocab, cfg.profile_dim)
         self.tower = UserTower(d, self.profile.out_dim, cfg.tower_hidden)
         self.attention = LabelAwareAttention(cfg.pow_p)
+        self.hist_dropout = nn.Dropout(cfg.hist_dropout)  # identity in eval mode
+
+    def _unit(self, x: Tensor) -> Tensor:
+        """x scaled to unit length along the last axis when scores are cosines
+        (`cosine_temperature` > 0), else x itself; zero rows (padding, inactive
+        interests) stay zero."""
+        return F.normalize(x, dim=-1) if self.cfg.cosine_scores else x
 
     def set_item_side(self, category_idx: Tensor | None, brand_idx: Tensor | None,
                       item_idx: Tensor | None = None) -> None:
@@ -378,13 +389,14 @@ class MIND(nn.Module):
         return self.items.extend_catalogue(category_idx, brand_idx)
 
     def item_embeddings(self, idx: Tensor) -> Tensor:
-        return self.items(idx)  # (..., D)
+        """The vectors items are scored by (unit length when scores are cosines)."""
+        return self._unit(self.items(idx))  # (..., D)
 
     def all_item_embeddings(self, chunk: int = 1 << 18) -> Tensor:
         """(n_catalogue, D), row i = item i (0 = padding = zero). Chunked to bound
         temporaries."""
         dev, n = self.items.item.weight.device, self.n_catalogue
-        return torch.cat([self.items(torch.arange(s, min(s + chunk, n), device=dev))
+        return torch.cat([self.item_embeddings(torch.arange(s, min(s + chunk, n), device=dev))
                           for s in range(0, n, chunk)])
 
     @torch.no_grad()
@@ -409,7 +421,10 @@ class MIND(nn.Module):
         bmask = behaviour_mask(hist, hist_len)  # (B, L)
         if table is not None and self.routing is not None:
             return self.routing.route(F.embedding(hist, table), hist_len, bmask, init_logits)
+        # behaviours are pooled from the raw embeddings; only the scored vectors are unit
         e = self.items(hist) if table is None else F.embedding(hist, table)  # (B, L, D)
+        if self.cfg.hist_dropout > 0:  # skipped at 0: no RNG draw, runs stay bitwise as before
+            e = self.hist_dropout(e)
         if self.routing is not None:
             return self.routing(e, hist_len, bmask, init_logits)
         m = bmask.to(e.dtype)[:, :, None]  # (B, L, 1)
@@ -430,10 +445,11 @@ class MIND(nn.Module):
                                 ) -> tuple[Tensor, Tensor]:
         """The user tower on `interest_capsules` output (for callers that also need the
         coupling): (V (B, K, D), mask (B, K)), inactive interests zeroed."""
-        V = self.tower(caps.capsules, self.profile(profile))  # (B, K, D)
+        V = self._unit(self.tower(caps.capsules, self.profile(profile)))  # (B, K, D)
         return V * caps.mask[:, :, None].to(V.dtype), caps.mask
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """User vector after label-aware attention on batch["target"]: (B, D)."""
         V, mask = self.user_interests(batch["hist"], batch["hist_len"], batch)
-        return self.attention(V, mask, self.items(batch["target"]))
+        # soft attention (finite p > 0) mixes unit vectors: back to unit length for cosines
+        return self._unit(self.attention(V, mask, self.item_embeddings(batch["target"])))

@@ -286,7 +286,7 @@ class Run:
             self.model.set_id_rows(torch.from_numpy(self.meta.item_own))
         loss = SampledSoftmaxLoss(self.mcfg.n_items, self.mcfg.n_neg, self.mcfg.sampler,
                                   counts=torch.from_numpy(self.meta.item_counts),
-                                  logit_scale=self.mcfg.logit_scale)
+                                  logit_scale=self.mcfg.softmax_scale)
         self.step_module = TrainStep(self.model, loss).to(self.device)
         self.optimizer = torch.optim.Adam(param_groups(self.step_module, cfg), lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)

@@ -522,3 +522,123 @@ def test_behaviour_table_gives_the_vectors_of_the_full_forward(variant):
         got = model.user_interests(batch["hist"], batch["hist_len"], profile, table=table)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=1e-6)
     assert torch.equal(got[1], ref[1])
+
+
+# ------------------------------------------------- cosine scores, history dropout (issue 14)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row over its own length, one at a time (the reference for F.normalize)."""
+    rows = [r / math.sqrt(float((r * r).sum())) if float((r * r).sum()) > 0 else r
+            for r in x.reshape(-1, x.shape[-1])]
+    return torch.stack(rows).reshape(x.shape)
+
+
+@pytest.mark.parametrize("variant", ["youtube", "mind"])
+def test_cosine_scores_are_cos_over_temperature(variant):
+    """With cosine_temperature = tau the training logits are logit_scale * cos(v_u, e) / tau,
+    computed here by hand from the unnormalised tower output and item embeddings."""
+    tau, scale = 0.1, 2.0
+    cfg = tiny_cfg(cosine_temperature=tau, logit_scale=scale, n_interests=3)
+    cfg = youtube_dnn(cfg) if variant == "youtube" else cfg
+    torch.manual_seed(12)
+    model = MIND(cfg).eval()
+    b = make_batch()
+    with torch.no_grad():
+        raw_v = model.tower(model.interest_capsules(b["hist"], b["hist_len"]).capsules,
+                            model.profile(b))  # (B, K, D), not normalised
+        mask = model.interest_capsules(b["hist"], b["hist_len"]).mask
+        raw_e = model.items(torch.arange(cfg.n_items))  # (N, D), not normalised
+        cos = _unit_rows(raw_v) @ _unit_rows(raw_e).t()  # (B, K, N)
+        # hard attention picks the active interest closest to the target
+        cos_t = cos[torch.arange(4), :, b["target"]].masked_fill(~mask, float("-inf"))
+        want = (cos[torch.arange(4), cos_t.argmax(1)] * scale / tau)[:, 2:]  # (B, N - 2)
+        loss_fn = SampledSoftmaxLoss(cfg.n_items, 1, "full", logit_scale=cfg.softmax_scale)
+        got = loss_fn(model(b), b["target"], model.item_embeddings)
+    assert cfg.softmax_scale == pytest.approx(scale / tau)
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(want, b["target"] - 2))
+
+
+def test_cosine_scores_export_unit_vectors_that_rank_by_cosine():
+    """Every vector retrieval sees (interest vectors, item embeddings) has unit length,
+    so the inner-product index ranks by cosine; zero rows stay zero."""
+    from mind_model.inference import interest_vectors
+
+    torch.manual_seed(13)
+    plain = MIND(tiny_cfg()).eval()
+    cos = MIND(tiny_cfg(cosine_temperature=0.05)).eval()
+    cos.load_state_dict(plain.state_dict())  # same parameters, other geometry
+    b = make_batch()
+    with torch.no_grad():
+        E_plain, E = plain.all_item_embeddings(), cos.all_item_embeddings()  # (30, D)
+        Vp, _ = plain.user_interests(b["hist"], b["hist_len"], b)
+        V, mask = cos.user_interests(b["hist"], b["hist_len"], b)
+    assert torch.all(E[0] == 0)  # padding
+    torch.testing.assert_close(E[1:].norm(dim=1), torch.ones(29))
+    torch.testing.assert_close(E, _unit_rows(E_plain))
+    vecs, k = interest_vectors(cos, b["hist"].numpy(), b["hist_len"].numpy(), b)
+    vecs_plain, k_plain = interest_vectors(plain, b["hist"].numpy(), b["hist_len"].numpy(), b)
+    assert k.tolist() == k_plain.tolist() and len(vecs) == 4
+    for v, vp in zip(vecs, vecs_plain):
+        np_v = torch.from_numpy(v)
+        torch.testing.assert_close(np_v.norm(dim=1), torch.ones(len(v)))
+        torch.testing.assert_close(np_v, _unit_rows(torch.from_numpy(vp)))
+    assert torch.all(V[~mask] == 0)  # inactive interests stay zero
+    # the serving merge over unit vectors = max over interests of the cosine
+    _, top = topn_multi_interest(V, mask, E, n=5)
+    c = (_unit_rows(Vp) @ _unit_rows(E_plain)[2:].t()).masked_fill(~mask[:, :, None], -2)
+    want = c.max(1).values.topk(5, dim=1).indices + 2
+    assert torch.equal(top, want)
+
+
+def test_cosine_off_gives_the_inner_product_model_exactly():
+    """The default (cosine_temperature = 0, hist_dropout = 0) is the paper's inner product,
+    bit for bit, and its training forward draws nothing extra from the RNG."""
+    cfg = tiny_cfg(pow_p=2.0)
+    assert cfg.cosine_temperature == 0 and cfg.hist_dropout == 0 and cfg.softmax_scale == 1.0
+    torch.manual_seed(14)
+    model = MIND(cfg)
+    b = make_batch()
+    ids = torch.arange(cfg.n_items)
+    assert torch.equal(model.item_embeddings(ids), model.items(ids))
+    init = torch.randn(4, cfg.n_interests, 8)
+    caps = model.interest_capsules(b["hist"], b["hist_len"], init)
+    V = model.tower(caps.capsules, model.profile(b)) * caps.mask[:, :, None]
+    got_V, _ = model.user_interests(b["hist"], b["hist_len"], b, init)
+    assert torch.equal(got_V, V)
+    yt = MIND(youtube_dnn(cfg)).train()
+    state = torch.get_rng_state()
+    out = yt(b)
+    assert torch.equal(torch.get_rng_state(), state)  # mean pooling: no noise, no dropout draw
+    V1, m1 = yt.user_interests(b["hist"], b["hist_len"], b)
+    torch.testing.assert_close(out, yt.attention(V1, m1, yt.items(b["target"])), rtol=0, atol=0)
+
+
+def test_history_dropout_acts_in_training_only():
+    torch.manual_seed(15)
+    cfg = youtube_dnn(tiny_cfg(hist_dropout=0.5))
+    model = MIND(cfg)
+    twin = MIND(youtube_dnn(tiny_cfg()))
+    twin.load_state_dict(model.state_dict())
+    b = make_batch()
+    model.train()
+    torch.manual_seed(0)
+    caps = model.interest_capsules(b["hist"], b["hist_len"]).capsules  # (B, 1, D)
+    e = model.items(b["hist"])  # (B, L, D)
+    torch.manual_seed(0)
+    kept = torch.nn.functional.dropout(e, 0.5, training=True)  # the same draw
+    assert not torch.equal(kept, e)
+    for u, n in enumerate(b["hist_len"].tolist()):
+        torch.testing.assert_close(caps[u, 0], kept[u, :n].mean(0))
+    model.eval(), twin.eval()  # no dropout at evaluation and serving
+    torch.testing.assert_close(model.user_interests(b["hist"], b["hist_len"], b)[0],
+                               twin.user_interests(b["hist"], b["hist_len"], b)[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [dict(cosine_temperature=-0.1),
+                                 dict(cosine_temperature=float("nan")),
+                                 dict(hist_dropout=1.0), dict(hist_dropout=-0.1)])
+def test_cosine_and_dropout_settings_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        tiny_cfg(**bad)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from artefacts.layout import DataLayout
-from artefacts.pointer import PublishError, read_current, rollback
+from artefacts.pointer import PublishError, publish, read_current, rollback
 from artefacts.vectors import read_item_embeddings, read_user_vectors
 from jobs import embed_users
 from jobs.build_index import IndexConfig, QualityGateError
@@ -191,6 +191,49 @@ def test_items_newer_than_the_model_are_embedded_by_side_features(served, spark,
         np.testing.assert_allclose(vec, ref[pos[u]], rtol=1e-5, atol=1e-6)
     idx = build_index(IndexConfig(data_root=root2, ds=ds2, n_shards=1, recall_users=6))
     assert idx["items"] == len(meta2.active_items)
+
+
+def test_cosine_model_exports_unit_vectors_and_the_index_ranks_by_cosine(served, spark,
+                                                                          tmp_path):
+    """A model trained with cosine scores (cosine_temperature > 0): the embedding job writes
+    unit user vectors and item embeddings, each the normalised vector of the same parameters
+    read as an inner-product model, so the inner-product index ranks by cosine."""
+    from mind_model.checkpoint import save_checkpoint
+
+    s = served
+    root2 = tmp_path / "data"
+    copy_inputs(s.root, root2)
+    layout2 = DataLayout(root2)
+    cos = MIND(s.model.cfg.replace(cosine_temperature=0.1))
+    cos.load_state_dict(s.model.state_dict())
+    save_checkpoint(layout2.model_file(DS), model=cos.eval(), model_config=cos.cfg)
+    embed(EmbedConfig(data_root=root2, ds=DS, batch_size=16, partitions=3), spark)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    items = read_item_embeddings(layout2.item_embeddings(DS))
+    plain = read_item_embeddings(s.layout.item_embeddings(DS))
+    np.testing.assert_array_equal(items.item_idx, plain.item_idx)
+    np.testing.assert_allclose(np.linalg.norm(items.vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(items.vectors, unit(plain.vectors), rtol=1e-5, atol=1e-6)
+    uv = read_user_vectors(layout2.user_vectors(DS))
+    ref = dict(zip(*(lambda p: (p.user_ids, p.vectors))(read_user_vectors(
+        s.layout.user_vectors(DS)))))
+    assert sorted(uv.user_ids) == sorted(ref)
+    for u, vec in zip(uv.user_ids, uv.vectors):
+        assert vec.shape == ref[u].shape  # the same K'_u interests
+        np.testing.assert_allclose(vec, unit(ref[u]), rtol=1e-5, atol=1e-6)
+    build_index(IndexConfig(data_root=root2, ds=DS, n_shards=2, recall_users=20))
+    publish(root2, DS)
+    retriever = Retriever(root2, gpu=False)
+    for u in uv.user_ids[:20]:  # exact search = brute-force max cosine of the plain vectors
+        cosines = (unit(ref[u]) @ unit(plain.vectors).T).max(0)  # (M,)
+        order = np.lexsort((plain.item_idx, -cosines))[:10]
+        rec = retriever.recommend_user(u, n=10, exclude_seen=False)
+        np.testing.assert_allclose(rec.score, cosines[order], rtol=1e-5, atol=1e-5)
+        # ties aside (none expected among float cosines) the ids agree too
+        np.testing.assert_array_equal(rec.item_idx, plain.item_idx[order])
 
 
 def test_model_is_loaded_once_per_python_worker(served, spark):
