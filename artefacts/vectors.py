@@ -127,20 +127,24 @@ def count_items(path: Path | str) -> int:
     return _dataset(path, ITEM_EMBEDDINGS).count_rows()
 
 
-def read_item_part(path: Path | str, keep) -> tuple[np.ndarray, np.ndarray, set[str]]:
+def read_item_part(path: Path | str, keep, *,
+                   threads: bool = True) -> tuple[np.ndarray, np.ndarray, set[str]]:
     """The items for which `keep(item_idx (n,) int64) -> (n,) bool` holds, read one record
-    batch at a time (memory: the kept items plus one batch), sorted by item_idx.
+    batch at a time (memory: the kept items plus one batch), sorted by item_idx. Rows are
+    selected before their vectors are decoded. threads: False reads in this thread only
+    (a worker that stands for one core).
 
     Returns (idx (M,) int64, vectors (M, D) float32, model versions).
     """
     idx_parts, vec_parts, versions = [], [], set()
-    for batch in _dataset(path, ITEM_EMBEDDINGS).to_batches(columns=_ITEM_COLUMNS):
-        if not batch.num_rows:
+    for batch in _dataset(path, ITEM_EMBEDDINGS).to_batches(columns=_ITEM_COLUMNS,
+                                                            use_threads=threads):
+        mine = keep(batch.column("item_idx").to_numpy().astype(np.int64))
+        if not mine.any():
             continue
-        idx, vectors, v = _decode_item_batch(batch)
-        mine = keep(idx)
-        idx_parts.append(idx[mine])
-        vec_parts.append(vectors[mine])
+        idx, vectors, v = _decode_item_batch(batch if mine.all() else batch.filter(mine))
+        idx_parts.append(idx)
+        vec_parts.append(vectors)
         versions |= v
     if not idx_parts:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), versions

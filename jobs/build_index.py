@@ -148,7 +148,8 @@ def fill_shard_task(task: ShardTask) -> dict[str, Any]:
         faiss.omp_set_num_threads(task.threads)
     work = Path(task.work_dir)
     idx, vectors, versions = read_item_part(
-        task.items_dir, lambda i: ix.shard_of(i, task.n_shards) == task.shard)
+        task.items_dir, lambda i: ix.shard_of(i, task.n_shards) == task.shard,
+        threads=task.threads != 1)
     if versions - {task.model_version}:
         raise ValueError(f"{task.items_dir} mixes model versions "
                          f"{sorted(versions | {task.model_version})}")
