@@ -1,9 +1,10 @@
 """Spark job: every user's interest vectors + the active catalogue's item embeddings, for one ds.
 
-    extract(spark, seq_dir)      LATEST_SEQUENCES: each user's last L items and profile ids
-    transform(latest, ...)       mapInArrow over Arrow record batches: f_user of the trained model,
-                                 the K'_u ACTIVE vectors per user (inactive ones dropped), written
-                                 by each task to users/part-<partition>.parquet
+    extract(spark, seq_dir)      LATEST_SEQUENCES: its schema checked, its files' row groups
+                                 (footers read by Spark tasks) cut into P runs of equal rows
+    transform(spark, plans, ...) one Spark task per run: it reads its rows with pyarrow, runs
+                                 f_user of the trained model (the K'_u ACTIVE vectors per user,
+                                 inactive ones dropped) and writes users/part-<partition>.parquet
     load                         items/ (driver, pyarrow), manifest.json (with the tasks'
                                  profile), all under <root>/embeddings/ds=<ds>/, published in
                                  one rename
@@ -13,22 +14,24 @@ keyed by the checkpoint's path, mtime and size; Spark reuses Python workers acro
 tasks), maps the catalogue once through the routing map S (`MIND.behaviour_table`: a
 batch then gathers S e_i instead of embedding and mapping every behaviour, about 30 %
 less CPU per user, same vectors) and runs torch with as many threads as the task has
-cores (`spark.task.cpus`; more would fight the other tasks' workers). Batches arrive as
-Arrow record batches (`mapInArrow`) and leave as Parquet written by pyarrow in the
-worker, from one numpy buffer per batch: Spark's own writer converted every nested
-float to a JVM row and wrote it row by row, which cost more CPU than the model. Each
-task yields one summary row (users, K'_u counts, seconds by step); the driver only
-collects those. The model is in eval mode, so routing is deterministic: the same
-inputs give the same vectors (bit for bit with the same settings; within float
-rounding whatever batch or partition a user lands in), and a retried task rewrites its
-part file whole. The data root must be visible to the executors (as for every job's
-Parquet).
+cores (`spark.task.cpus`; more would fight the other tasks' workers). Spark hands out
+only the plan (which rows of which row groups a task owns): the task reads them with
+pyarrow and writes Parquet from one numpy buffer per batch, so no user row passes
+through the JVM. (A shuffle by user_idx feeding `mapInArrow` had to finish before any
+model ran, and Spark's own writer converted every nested float to a JVM row: together
+more CPU than the model.) Each task yields one summary row (users, K'_u counts, seconds
+by step); the driver only collects those. The model is in eval mode, so routing is
+deterministic: the same inputs give the same vectors (bit for bit with the same
+settings; within float rounding whatever batch or partition a user lands in), and a
+retried task reads the same rows and rewrites its part file whole. The data root must
+be visible to the executors (as for every job's Parquet).
 
     python -m jobs.embed_users --data-root data --ds 2026-11-28 [--model PATH]
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import functools
 import logging
@@ -44,7 +47,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
@@ -95,11 +98,6 @@ class EmbedConfig:
 _MODELS: dict[tuple[str, int, int, str], Any] = {}  # one model per Python worker process
 _LOADS = 0
 
-# One row per task (partition) of the users stage, collected by the driver: what the task
-# wrote and where its time went (the job's profile, in the manifest).
-TASK_SUMMARY = ("partition int, file string, users long, users_by_k array<long>, "
-                "torch_threads int, pid long, loads int, load_s double, input_s double, "
-                "forward_s double, arrow_s double, write_s double, task_s double, cpu_s double")
 ROW_GROUP_USERS = 16_384  # users per Parquet row group of a part file (~12 MB at K'=3, d=64)
 
 
@@ -267,8 +265,8 @@ def user_vectors_arrow_schema() -> pa.Schema:
 
 def write_users(batches: Iterator[pa.RecordBatch], *, out_dir: str, **embed_kw: Any
                 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: this task's users' vectors -> <out_dir>/part-<partition>.parquet,
-    written here by pyarrow; yields one TASK_SUMMARY row.
+    """A task's body: its users' vectors -> <out_dir>/part-<partition>.parquet, written
+    here by pyarrow; yields one summary row (`task_summary`).
 
     Writing in the Python worker skips the JVM's Arrow -> row conversion and its
     row-by-row Parquet writer of nested float lists, which cost more CPU than the model
@@ -314,7 +312,8 @@ def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def task_summary(partition: int, file: str, users: int, by_k: np.ndarray, clock: Clock,
                  task_s: float, cpu_s: float) -> pa.RecordBatch:
-    """One TASK_SUMMARY row."""
+    """One row per task, collected by the driver: what the task wrote and where its time
+    went (the job's profile, in the manifest)."""
     import torch
 
     sec = {s: [clock.seconds.get(s, 0.0)] for s in ("load", "input", "forward", "arrow",
@@ -333,32 +332,98 @@ def task_summary(partition: int, file: str, users: int, by_k: np.ndarray, clock:
 # ------------------------------------------------------------------------------- extract
 
 
-def extract(spark: SparkSession, seq_dir: Path) -> DataFrame:
+@dataclass(frozen=True)
+class RowSpan:
+    """Rows [start, stop) of row group `row_group` of the Parquet file `file`."""
+
+    file: str
+    row_group: int
+    start: int
+    stop: int
+
+
+def extract(spark: SparkSession, seq_dir: Path) -> list[tuple[str, int, int]]:
+    """The latest table's row groups in file order, (file, row group, rows), after its
+    schema is checked. Footers are read by Spark tasks (one per file at most), not here."""
+    import pyarrow.dataset as pads
+
     path = Path(seq_dir) / "latest"
     if not path.is_dir():
         raise InputError(f"{path} not found: run build_sequences for this ds first")
-    df = spark.read.parquet(str(path))
-    check_schema(df.schema, LATEST_SEQUENCES, str(path))
-    return df.select(*LATEST_SEQUENCES.names)
+    check_schema(spark.read.parquet(str(path)).schema, LATEST_SEQUENCES, str(path))
+    files = sorted(pads.dataset(str(path), format="parquet").files)  # hidden / _ files skipped
+    if not files:
+        return []
+    from jobs import embed_users as importable  # by name: see `transform`
+
+    sc = spark.sparkContext
+    return sc.parallelize(files, min(len(files), 4 * sc.defaultParallelism)).flatMap(
+        importable.row_group_rows).collect()
+
+
+def row_group_rows(file: str) -> list[tuple[str, int, int]]:
+    """[(file, row group, rows)] from one Parquet footer."""
+    meta = pq.ParquetFile(file).metadata
+    return [(file, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+
+
+def plan_spans(groups: list[tuple[str, int, int]], partitions: int) -> list[list[RowSpan]]:
+    """Cut the row groups, in their order, into `partitions` runs of equal rows (+-1):
+    partition p owns the table's rows [p n / P, (p + 1) n / P). The same files give the
+    same plan, so a retried task reads the same rows."""
+    total = sum(rows for *_, rows in groups)
+    bounds = [total * p // partitions for p in range(partitions + 1)]
+    plans: list[list[RowSpan]] = [[] for _ in range(partitions)]
+    offset = 0
+    for file, group, rows in groups:
+        lo, hi = offset, offset + rows
+        p = bisect.bisect_right(bounds, lo) - 1  # the partition holding row lo
+        while p < partitions and bounds[p] < hi:
+            start, stop = max(lo, bounds[p]), min(hi, bounds[p + 1])
+            if stop > start:
+                plans[p].append(RowSpan(file, group, start - lo, stop - lo))
+            p += 1
+        offset = hi
+    return plans
+
+
+def read_spans(spans: list[RowSpan], batch_size: int, *,
+               columns: list[str] = LATEST_SEQUENCES.names) -> Iterator[pa.RecordBatch]:
+    """A task's rows as record batches of at most `batch_size` rows (LATEST_SEQUENCES'
+    columns), one row group in memory at a time."""
+    files: dict[str, pq.ParquetFile] = {}
+    for span in spans:
+        f = files.get(span.file) or files.setdefault(span.file, pq.ParquetFile(span.file))
+        table = f.read_row_group(span.row_group, columns=columns)
+        yield from table.slice(span.start, span.stop - span.start).to_batches(batch_size)
 
 
 # ----------------------------------------------------------------------------- transform
 
 
-def transform(latest: DataFrame, *, out_dir: str, model_path: str, seq_dir: str, version: str,
-              ds: str, batch_size: int, partitions: int) -> DataFrame:
-    """TASK_SUMMARY rows, one per partition; computing them writes USER_VECTORS for every row
-    of `latest` to `out_dir` (hash-partitioned and sorted by user_idx, so the same input
-    gives the same files)."""
+def embed_task(part: Iterator[tuple[int, list[RowSpan]]], *, out_dir: str,
+               **embed_kw: Any) -> Iterator[dict[str, Any]]:
+    """One partition of the plan: read its rows, write its part file, yield its summary."""
+    for _, spans in part:
+        for summary in write_users(read_spans(spans, embed_kw["batch_size"]), out_dir=out_dir,
+                                   **embed_kw):
+            yield summary.to_pylist()[0]
+
+
+def transform(spark: SparkSession, plans: list[list[RowSpan]], *, out_dir: str,
+              model_path: str, seq_dir: str, version: str, ds: str,
+              batch_size: int) -> list[dict[str, Any]]:
+    """Run one task per plan (partition p writes part-<p>.parquet); returns the tasks'
+    summaries. Only the plans (file names and row ranges) travel through Spark."""
     # By module name, not this module's globals: run as a script (`python -m`, spark-submit)
     # this module is __main__, whose functions cloudpickle ships by value, each task with a
     # fresh copy of the model cache. Imported by name, workers import it once and keep it.
     from jobs import embed_users as importable
 
-    fn = functools.partial(importable.write_users, out_dir=out_dir, model_path=model_path,
+    fn = functools.partial(importable.embed_task, out_dir=out_dir, model_path=model_path,
                            seq_dir=seq_dir, version=version, ds=ds, batch_size=batch_size)
-    return (latest.repartition(partitions, "user_idx").sortWithinPartitions("user_idx")
-            .mapInArrow(fn, TASK_SUMMARY))
+    return spark.sparkContext.parallelize(list(enumerate(plans)), len(plans)).mapPartitions(
+        fn).collect()  # one small dict per partition
 
 
 def task_profile(tasks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -432,11 +497,8 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     spark = spark or start_spark("mind-embed-users", cfg.master,
                                  {**jvm_options(cfg.spark_conf), **cfg.spark_conf})
     spark_s = time.time() - t_spark  # ~0 when the caller passes a running session
-    # Arrow batches arrive with at most batch_size rows (a runtime SQL setting)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
-
-    latest = extract(spark, seq_dir)
-    n_users = latest.count()
+    groups = extract(spark, seq_dir)
+    n_users = sum(rows for *_, rows in groups)
     if n_users == 0:
         raise InputError(f"{seq_dir / 'latest'} holds no users")
     partitions = cfg.partitions or max(spark.sparkContext.defaultParallelism,
@@ -447,10 +509,9 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         stage(f"user vectors of {n_users:,} users")
         (tmp / "users").mkdir()
         t_users = time.time()
-        tasks = [r.asDict() for r in transform(
-            latest, out_dir=str(tmp / "users"), model_path=str(model_file),
-            seq_dir=str(seq_dir), version=version, ds=cfg.ds, batch_size=cfg.batch_size,
-            partitions=partitions).collect()]  # one small row per partition
+        tasks = transform(spark, plan_spans(groups, partitions), out_dir=str(tmp / "users"),
+                          model_path=str(model_file), seq_dir=str(seq_dir), version=version,
+                          ds=cfg.ds, batch_size=cfg.batch_size)
         users_s = time.time() - t_users
         hist = users_by_k(tasks)
         if sum(hist.values()) != n_users:  # cannot happen unless a batch lost rows
@@ -466,7 +527,8 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
             "users": n_users, "vectors": sum(k * n for k, n in hist.items()),
             "users_by_n_interests": {str(k): hist[k] for k in sorted(hist)},
             **item_counts,
-            "partitions": partitions, "batch_size": cfg.batch_size,
+            "partitions": partitions, "input_row_groups": len(groups),
+            "batch_size": cfg.batch_size,
             "task_cpus": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
             "master": spark.sparkContext.master,
             "driver_java_options": spark.sparkContext.getConf().get(
