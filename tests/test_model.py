@@ -500,12 +500,13 @@ def test_embedding_init_std():
         ModelConfig(n_items=10, embed_init_std=-1.0)
 
 
-@pytest.mark.parametrize("variant", ["mind", "youtube"])
+@pytest.mark.parametrize("variant", ["mind", "youtube", "mind-cosine"])
 def test_behaviour_table_gives_the_vectors_of_the_full_forward(variant):
     """Bulk inference gathers S e_i from `behaviour_table()`: the same (V, mask) as the
     forward that embeds and maps every behaviour, for items with side ids, items newer
     than the model, and padding; S random (not the identity init), so the map is tested."""
-    cfg = tiny_cfg() if variant == "mind" else youtube_dnn(tiny_cfg())
+    cfg = {"mind": tiny_cfg(), "youtube": youtube_dnn(tiny_cfg()),  # cosine: unit vectors
+           "mind-cosine": tiny_cfg(cosine_temperature=0.1, hist_dropout=0.2)}[variant]
     torch.manual_seed(3)
     model = MIND(cfg).eval()
     model.set_item_side(torch.randint(1, 6, (30,)), torch.randint(1, 5, (30,)))
