@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -44,6 +43,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from artefacts import index as ix  # noqa: E402
+from bench.process_tree import run_sampled  # noqa: E402
 
 DS = "2026-11-28"
 PAPER = ("MIND paper (Tmall, CIKM 2019): thousands of candidates from a pool of ~1 billion "
@@ -317,14 +317,10 @@ def run_embed_job(root: Path, repo: Path, cores: int, batch_size: int) -> dict:
            "--conf", "spark.ui.showConsoleProgress=false"]
     env = {**os.environ, "PYTHONPATH": str(repo.resolve())}
     load = os.getloadavg()[0]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    cpu = tree_cpu_seconds(proc)  # waits for the job
-    wall = time.perf_counter() - t
-    stdout, stderr = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"embed_users failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    run = run_sampled(cmd, cwd=repo, env=env)
+    wall, cpu = run.seconds, run.cpu_seconds
+    if run.returncode != 0:
+        raise RuntimeError(f"embed_users failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
     m = json.loads((root / "embeddings" / f"ds={DS}" / "manifest.json").read_text())
     r = {"users_per_second": m["users_per_second"],  # the users stage alone
          "stage_seconds": m["seconds"]["users"], "job_seconds_with_spark_start": round(wall, 1),
@@ -340,26 +336,6 @@ def run_embed_job(root: Path, repo: Path, cores: int, batch_size: int) -> dict:
           f"{cpu:.0f} CPU s, {r['users_per_cpu_second']:,.0f} users per CPU s; load "
           f"{load:.1f})", flush=True)
     return r
-
-
-def tree_cpu_seconds(proc: subprocess.Popen, every: float = 0.2) -> float:
-    """CPU seconds (user + system) of `proc` and all its descendants until it exits: the
-    last value seen of each process, polled (a process that ends between two polls loses
-    at most `every` seconds)."""
-    last: dict[int, float] = {}
-    while proc.poll() is None:
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            break
-        for p in tree:
-            try:
-                c = p.cpu_times()
-                last[p.pid] = c.user + c.system
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(every)
-    return sum(last.values())
 
 
 def bench_forward(root: Path, n_users: int, batch_size: int) -> dict:

@@ -22,36 +22,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from bench.process_tree import run_sampled
 from ingest.sample_data import generate
 
 END_DS = "2026-11-28"
 DAYS = 7
-
-
-def peak_rss_of_tree(proc: subprocess.Popen, stop: threading.Event, out: dict) -> None:
-    """Sample the summed RSS of `proc` and its descendants until `stop` is set, and their
-    CPU seconds (user + system, the last sample of each process): on a shared, overloaded
-    machine CPU time says more about the job's cost than wall time."""
-    peak, cpu = 0, {}
-    root = psutil.Process(proc.pid)
-    while not stop.is_set():
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            for p in procs:
-                t = p.cpu_times()
-                cpu[p.pid] = t.user + t.system
-        except psutil.Error:
-            pass
-        stop.wait(0.2)
-    out["peak_rss_bytes"] = peak
-    out["cpu_seconds"] = sum(cpu.values())
 
 
 _STAGE = re.compile(r"\[\d+/\d+\] (.*?) \(([\d.]+)s elapsed\)|wrote (\S+) in ([\d.]+)s")
@@ -85,23 +65,15 @@ def run_job(raw: Path, data_root: Path, driver_memory: str, checkout: Path,
            "--conf", f"spark.driver.memory={driver_memory}",
            "--conf", "spark.ui.showConsoleProgress=false", *extra]
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=checkout, env=env)
-    stop, mem = threading.Event(), {}
-    sampler = threading.Thread(target=peak_rss_of_tree, args=(proc, stop, mem), daemon=True)
-    sampler.start()
-    output, _ = proc.communicate()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        return {"failed": output[-2000:], "seconds": seconds,
-                "peak_rss_bytes": mem["peak_rss_bytes"]}
+    run = run_sampled(cmd, stderr=subprocess.STDOUT, cwd=checkout, env=env)
+    output = run.stdout
+    if run.returncode != 0:
+        return {"failed": output[-2000:], "seconds": run.seconds,
+                "peak_rss_bytes": run.peak_rss_bytes}
     out = data_root / "sequences" / f"ds={END_DS}"
     stats = json.loads((out / "stats.json").read_text())
-    return {"seconds": seconds, "peak_rss_bytes": mem["peak_rss_bytes"], "stats": stats,
-            "cpu_seconds": mem["cpu_seconds"],
+    return {"seconds": run.seconds, "peak_rss_bytes": run.peak_rss_bytes, "stats": stats,
+            "cpu_seconds": run.cpu_seconds,
             "bytes": folder_bytes(out), "train_bytes": folder_bytes(out / "train"),
             "profile": profile(output)}
 

@@ -150,9 +150,7 @@ def fill_shard_task(task: ShardTask) -> dict[str, Any]:
     idx, vectors, versions = read_item_part(
         task.items_dir, lambda i: ix.shard_of(i, task.n_shards) == task.shard,
         threads=task.threads != 1)
-    if versions - {task.model_version}:
-        raise ValueError(f"{task.items_dir} mixes model versions "
-                         f"{sorted(versions | {task.model_version})}")
+    check_version(task.items_dir, versions, task.model_version)
     shard = ix.fill_shard(faiss.read_index(str(work / TEMPLATE_FILE)), vectors, idx)
     path = work / ix.SHARD_FILE.format(task.shard)
     faiss.write_index(shard, str(path))
@@ -166,6 +164,12 @@ def fill_shard_task(task: ShardTask) -> dict[str, Any]:
     log.info("shard %d/%d: %d items in %.1fs", task.shard + 1, task.n_shards, len(idx), seconds)
     return {"file": path.name, "items": int(len(idx)), "bytes": path.stat().st_size,
             "seconds": round(seconds, 2)}
+
+
+def check_version(items_dir: str | Path, versions: set[str], version: str) -> None:
+    """Every item read must come from the model the users' vectors came from."""
+    if versions - {version}:
+        raise ValueError(f"{items_dir} mixes model versions {sorted(versions | {version})}")
 
 
 def usable_cores() -> int:
@@ -235,8 +239,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
     n_train = min(ix.training_size(factory, dim, cfg.train_size), n_items)
     if n_train:
         _, sample, versions = sample_item_vectors(items_dir, n_train, n_items, cfg.seed)
-        if versions - {version}:
-            raise ValueError(f"{items_dir} mixes model versions {sorted(versions | {version})}")
+        check_version(items_dir, versions, version)
         if sample.shape[1] != dim:
             raise ValueError(f"{items_dir}: items have d={sample.shape[1]}, users d={dim}")
     else:

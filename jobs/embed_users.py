@@ -209,13 +209,6 @@ def vectors_array(flat: np.ndarray, k: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, inner)
 
 
-def vectors_batch(vectors: list[np.ndarray], dim: int) -> pa.Array:
-    """Users' (K'_u, D) arrays -> one list<list<float32>> Arrow array."""
-    k = np.array([len(v) for v in vectors], dtype=np.int32)
-    flat = np.concatenate(vectors) if len(vectors) else np.zeros((0, dim), np.float32)
-    return vectors_array(flat.reshape(-1, dim), k)
-
-
 def embed_batches(batches: Iterator[pa.RecordBatch], *, model_path: str, seq_dir: str,
                   version: str, ds: str, batch_size: int,
                   clock: Clock | None = None) -> Iterator[pa.RecordBatch]:
@@ -271,11 +264,12 @@ def write_users(batches: Iterator[pa.RecordBatch], *, out_dir: str, **embed_kw: 
     Writing in the Python worker skips the JVM's Arrow -> row conversion and its
     row-by-row Parquet writer of nested float lists, which cost more CPU than the model
     (see README). The file appears by an atomic rename, under a name that depends on the
-    partition only: a retried or speculative attempt writes the same rows (sorted, and
-    f_user is deterministic) and replaces it whole. `out_dir` must be visible to the
+    partition only: a retried or speculative attempt writes the same rows in the same
+    order (its plan depends on the input files only, and f_user is deterministic) and
+    replaces it whole. `out_dir` must be visible to the
     executors (as for every job's Parquet).
     """
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, loads_before = time.perf_counter(), time.process_time(), _LOADS
     clock, (partition, attempt) = Clock(), task_attempt()
     final = Path(out_dir) / f"part-{partition:05d}.parquet"
     tmp = final.with_name(f".{final.name}.attempt-{attempt}.tmp")  # hidden: readers skip it
@@ -299,7 +293,7 @@ def write_users(batches: Iterator[pa.RecordBatch], *, out_dir: str, **embed_kw: 
     finally:
         tmp.unlink(missing_ok=True)
     yield task_summary(partition, final.name, users, by_k, clock,
-                       time.perf_counter() - t0, time.process_time() - c0)
+                       time.perf_counter() - t0, time.process_time() - c0, loads_before)
 
 
 def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -311,9 +305,10 @@ def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def task_summary(partition: int, file: str, users: int, by_k: np.ndarray, clock: Clock,
-                 task_s: float, cpu_s: float) -> pa.RecordBatch:
+                 task_s: float, cpu_s: float, loads_before: int = 0) -> pa.RecordBatch:
     """One row per task, collected by the driver: what the task wrote and where its time
-    went (the job's profile, in the manifest)."""
+    went (the job's profile, in the manifest). `loads`: models this Python worker has
+    loaded in its life, `loads_before` of them before this task (workers outlive jobs)."""
     import torch
 
     sec = {s: [clock.seconds.get(s, 0.0)] for s in ("load", "input", "forward", "arrow",
@@ -324,6 +319,7 @@ def task_summary(partition: int, file: str, users: int, by_k: np.ndarray, clock:
         "users_by_k": pa.array([by_k.tolist()], pa.list_(pa.int64())),
         "torch_threads": pa.array([torch.get_num_threads()], pa.int32()),
         "pid": pa.array([os.getpid()], pa.int64()), "loads": pa.array([_LOADS], pa.int32()),
+        "loads_before": pa.array([loads_before], pa.int32()),
         **{f"{s}_s": pa.array(v, pa.float64()) for s, v in sec.items()},
         "task_s": pa.array([task_s], pa.float64()), "cpu_s": pa.array([cpu_s], pa.float64()),
     })
@@ -431,8 +427,10 @@ def task_profile(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     over tasks, Python workers, model loads, torch threads per task."""
     steps = ("load", "input", "forward", "arrow", "write", "task")
     return {"tasks": len(tasks), "python_workers": len({t["pid"] for t in tasks}),
-            "model_loads": sum(max(t["loads"] for t in tasks if t["pid"] == pid)
-                               for pid in {t["pid"] for t in tasks}),
+            "model_loads": sum(  # by this job: a reused worker may have loaded others before
+                max(t["loads"] for t in mine) - min(t["loads_before"] for t in mine)
+                for mine in ([t for t in tasks if t["pid"] == pid]
+                             for pid in {t["pid"] for t in tasks})),
             "torch_threads_per_task": sorted({t["torch_threads"] for t in tasks}),
             "task_seconds_by_step": {s: round(sum(t[f"{s}_s"] for t in tasks), 2)
                                      for s in steps},
