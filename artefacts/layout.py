@@ -8,6 +8,7 @@
     <root>/embeddings/ds=D/manifest.json   embed_users: model version, counts, timings
     <root>/index/ds=D/shard-000.faiss ...  build_index: one FAISS file per shard
     <root>/index/ds=D/manifest.json        build_index: factory, search parameters, recall
+    <root>/index/_build-ds=D/              build_index in stages: plan, shards being filled
     <root>/current.json                    publish: the pointer to the served version
 
 Every folder keyed by ds is written staged (artefacts.storage) and never modified in place.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+
+from artefacts.storage import BUILD_PREFIX
 
 MODEL_FILE = "model.pt"
 EVALUATION = "evaluation.json"
@@ -65,6 +68,10 @@ class DataLayout:
 
     def index(self, ds: str) -> Path:
         return self.root / "index" / f"ds={check_ds(ds)}"
+
+    def index_build(self, ds: str) -> Path:
+        """The work folder of an index build in stages; renamed to `index(ds)` when done."""
+        return self.root / "index" / f"{BUILD_PREFIX}ds={check_ds(ds)}"
 
     @property
     def current(self) -> Path:

@@ -13,6 +13,13 @@ an exclusive flock on it for as long as it lives (the kernel drops the lock when
 process dies, kill -9 included), and a folder must also be older than
 `STALE_AFTER_S` — a guard for writers on another host of a shared mount, where locks
 may not be seen.
+
+A build in stages (`jobs.build_index --stage plan|fill|finish`) works in a `_build-*`
+folder instead (`DataLayout.index_build`): its stages are separate processes, pods on
+other hosts among them, so no lock spans the build and no age makes it stale.
+`remove_stale_temporaries` leaves it alone; the build's own `plan` replaces it, its
+`finish` renames it into place (or removes it when the recall gate fails). Readers skip
+it like every name starting with `_`.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = "_tmp-"  # Spark and pyarrow readers skip names starting with _ or .
 OLD_PREFIX = "_old-"
+BUILD_PREFIX = "_build-"  # the folder of a build in stages (see the module docstring)
 # a leftover must be this old (and unlocked) to be removed; MIND_STALE_AFTER_S overrides
 STALE_AFTER_S = float(os.environ.get("MIND_STALE_AFTER_S", "600"))
 
@@ -92,6 +100,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fresh_dir(folder: Path | str) -> Path:
+    """`folder`, emptied: whatever an earlier run left in it is removed first."""
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -2,6 +2,7 @@
 items read in parts and sampled, against brute force over the whole catalogue."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import faiss
@@ -12,7 +13,7 @@ import pytest
 
 from artefacts import index as ix
 from artefacts.vectors import count_items, read_item_embeddings, read_item_part, sample_item_vectors
-from schemas import ITEM_EMBEDDINGS
+from schemas import ITEM_EMBEDDINGS, USER_VECTORS
 
 D = 8
 
@@ -133,3 +134,182 @@ def test_a_shard_with_another_model_version_stops_the_build(tmp_path):
     work.mkdir()
     with pytest.raises(ValueError, match="mixes model versions"):
         build_files(folder, "v1", ix.train_template(x[:0], "Flat"), x[:3], 5, work, 2, 1)
+
+
+# ------------------------------------------------------------------ the build in stages
+
+DS = "2026-11-28"
+# an IVF (trained template, tuned nprobe) over 3 shards, a gate it passes
+STAGED = ["--ds", DS, "--shards", "3", "--factory", "IVF16,Flat", "--recall-n", "50",
+          "--recall-users", "40", "--recall-threshold", "0.9", "--seed", "1"]
+
+
+def write_embeddings(root: Path, *, n_items: int = 3000, n_users: int = 60,
+                     version: str = "v1") -> Path:
+    """embeddings/ds=DS as the embedding job leaves it: items, users (1-4 interests) and the
+    manifest naming the model version."""
+    emb = root / "embeddings" / f"ds={DS}"
+    x, ids = catalogue(n_items, seed=3)
+    write_items(emb / "items", x, ids, files=2, version=version)
+    rng = np.random.default_rng(4)
+    vectors = [rng.standard_normal((k, D)).astype(np.float32).tolist()
+               for k in rng.integers(1, 5, n_users)]
+    (emb / "users").mkdir()
+    pq.write_table(pa.table({
+        "user_idx": pa.array(np.arange(2, n_users + 2, dtype=np.int32)),
+        "user_id": pa.array([f"u{i}" for i in range(n_users)]),
+        "vectors": pa.array(vectors, pa.list_(pa.list_(pa.float32()))),
+        "n_interests": pa.array([len(v) for v in vectors], pa.int32()),
+        "model_version": pa.array([version] * n_users),
+        "ds": pa.array([DS] * n_users),
+    }, schema=USER_VECTORS.arrow_schema()), emb / "users" / "part-00000.parquet")
+    (emb / "manifest.json").write_text(json.dumps({"model_version": version}))
+    return root
+
+
+def build(root: Path, *argv: str, flags: list[str] = STAGED) -> int:
+    from jobs.build_index import main
+
+    return main(["--data-root", str(root), *flags, *argv])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
+
+def published(root: Path) -> tuple[dict, dict[str, bytes]]:
+    """index/ds=DS: its manifest without timings or the root, and its shard files' bytes."""
+    folder = root / "index" / f"ds={DS}"
+    m = json.loads((folder / "manifest.json").read_text())
+    m.pop("seconds"), m["recall"].pop("seconds"), m["config"].pop("data_root")
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "manifest.json"}
+    return m, files
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[dict, dict[str, bytes]]:
+    """The reference: the same build with `--stage all` (one process)."""
+    root = write_embeddings(tmp_path_factory.mktemp("all"))
+    assert build(root) == 0
+    assert sorted(p.name for p in (root / "index").iterdir()) == [f"ds={DS}"]
+    return published(root)
+
+
+def build_folder(root: Path) -> Path:
+    return root / "index" / f"_build-ds={DS}"
+
+
+def test_staged_build_equals_the_one_process_build(tmp_path, one_process):
+    root = write_embeddings(tmp_path)
+    assert build(root, "--stage", "plan") == 0
+    assert not (root / "index" / f"ds={DS}").exists()  # a plan is no index
+    for shard in (2, 0, 1):  # any order, as pods finish
+        assert build(root, "--stage", "fill", "--shard", str(shard)) == 0
+    assert build(root, "--stage", "finish") == 0
+    manifest, files = published(root)
+    ref_manifest, ref_files = one_process
+    assert manifest == ref_manifest
+    assert manifest["search_params"] and not manifest["exact"]  # a tuned IVF was checked
+    assert sorted(files) == ["shard-000.faiss", "shard-001.faiss", "shard-002.faiss"]
+    assert files == ref_files  # byte for byte: nothing else is published either
+    assert sorted(p.name for p in (root / "index").iterdir()) == [f"ds={DS}"]  # build gone
+
+
+def test_fill_takes_the_shard_from_the_indexed_job(tmp_path, capsys, monkeypatch):
+    root = write_embeddings(tmp_path)
+    assert build(root, "--stage", "plan") == 0
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    assert build(root, "--stage", "fill") == 0
+    work = build_folder(root)
+    assert sorted(p.name for p in work.glob("shard-*")) == ["shard-001.faiss"]
+    held = _ids_of(work / "shard-001.faiss")
+    _, ids = catalogue(3000, seed=3)
+    assert np.array_equal(np.sort(held), ids[ids % 3 == 1])
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    assert build(root, "--stage", "fill") == 2
+    line = error_line(capsys)
+    assert "--shard 3 is out of range" in line and str(work) in line
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    assert build(root, "--stage", "fill") == 2
+    assert "JOB_COMPLETION_INDEX" in error_line(capsys)
+
+
+def _ids_of(path: Path) -> np.ndarray:
+    """The item ids an IVF shard file holds (every inverted list)."""
+    index = faiss.read_index(str(path))
+    ivf = faiss.extract_index_ivf(index)  # a view into `index`: keep that alive
+    lists = ivf.invlists
+    return np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                           for i in range(ivf.nlist)])
+
+
+def test_finish_with_a_missing_shard_names_it_and_publishes_nothing(tmp_path, capsys):
+    root = write_embeddings(tmp_path)
+    assert build(root, "--stage", "plan") == 0
+    for shard in (0, 2):
+        assert build(root, "--stage", "fill", "--shard", str(shard)) == 0
+    work = build_folder(root)
+    # what a pod killed while writing shard 1 leaves: its temporary file, no done file
+    (work / ".shard-001.faiss.0123abcd.tmp").write_bytes(b"half a shard")
+    assert build(root, "--stage", "finish") == 2
+    line = error_line(capsys)
+    assert "shard(s) 1 of 3 not filled" in line and str(work) in line
+    assert not (root / "index" / f"ds={DS}").exists()
+    # a shard file without its done file (killed between the two) is not accepted either
+    assert build(root, "--stage", "fill", "--shard", "1") == 0
+    (work / "_shard-001.json").unlink()
+    assert build(root, "--stage", "finish") == 2
+    assert "shard(s) 1 of 3" in error_line(capsys)
+    assert build(root, "--stage", "fill", "--shard", "1") == 0
+    assert build(root, "--stage", "finish") == 0
+    assert sorted(p.name for p in (root / "index" / f"ds={DS}").iterdir()) == [
+        "manifest.json", "shard-000.faiss", "shard-001.faiss", "shard-002.faiss"]
+
+
+def test_fill_and_finish_without_a_matching_plan_refuse(tmp_path, capsys):
+    root = write_embeddings(tmp_path)
+    work = build_folder(root)
+    for stage in ("fill", "finish"):
+        argv = ["--stage", stage] + (["--shard", "0"] if stage == "fill" else [])
+        assert build(root, *argv) == 2
+        line = error_line(capsys)
+        assert str(work) in line and "--stage plan" in line, line
+    assert build(root, "--stage", "plan", "--shard", "0") == 2
+    assert "--shard goes with --stage fill" in error_line(capsys)
+    # a plan for embeddings that were replaced since (another model) is refused
+    assert build(root, "--stage", "plan") == 0
+    emb = root / "embeddings" / f"ds={DS}" / "manifest.json"
+    emb.write_text(json.dumps({"model_version": "v2"}))
+    assert build(root, "--stage", "fill", "--shard", "0") == 2
+    line = error_line(capsys)
+    assert str(work) in line and "model v1" in line and "model v2" in line
+    assert not list(work.glob("shard-*"))
+
+
+def test_rerunning_a_fill_replaces_its_shard_and_a_new_plan_starts_over(tmp_path):
+    root = write_embeddings(tmp_path)
+    assert build(root, "--stage", "plan") == 0
+    work = build_folder(root)
+    assert build(root, "--stage", "fill", "--shard", "0") == 0
+    good = (work / "shard-000.faiss").read_bytes()
+    (work / "shard-000.faiss").write_bytes(good[: len(good) // 2])  # a damaged file
+    assert build(root, "--stage", "fill", "--shard", "0") == 0
+    assert (work / "shard-000.faiss").read_bytes() == good
+    assert json.loads((work / "_shard-000.json").read_text())["bytes"] == len(good)
+    plan = json.loads((work / "_plan.json").read_text())
+    assert build(root, "--stage", "plan") == 0  # a rerun of plan: the shards are gone
+    assert not list(work.glob("shard-*")) and not list(work.glob("_shard-*"))
+    assert json.loads((work / "_plan.json").read_text())["build_id"] != plan["build_id"]
+
+
+def test_a_failed_gate_in_finish_publishes_nothing_and_removes_the_build(tmp_path, caplog):
+    root = write_embeddings(tmp_path)
+    flags = [*STAGED[:-4], "--recall-threshold", "1.0", "--nprobe", "1", "--seed", "1"]
+    assert build(root, "--stage", "plan", flags=flags) == 0
+    for shard in range(3):
+        assert build(root, "--stage", "fill", "--shard", str(shard), flags=flags) == 0
+    assert build(root, "--stage", "finish", flags=flags) == 3
+    assert "is below the threshold 1.0" in caplog.text
+    assert not (root / "index" / f"ds={DS}").exists() and not build_folder(root).exists()
