@@ -5,8 +5,9 @@ Only Airflow objects are built here; what each task decides lives in
 Configuration: `orchestration.config` (environment variables, documented there).
 `MIND_EXECUTION` chooses where the heavy tasks run, with the same DAGs: `local`
 (spark-submit to the `spark_mind` master, torchrun and the index build in the Airflow
-worker) or `kubernetes` (SparkApplications, an Indexed Job of torchrun nodes and an index
-Job, all rendered by `orchestration.k8s`). The gate and publish run in the worker in both.
+worker) or `kubernetes` (SparkApplications, an Indexed Job of torchrun nodes, and the index
+build's plan -> fill (Indexed, a pod per shard) -> finish Jobs, all rendered by
+`orchestration.k8s`). The gate and publish run in the worker in both.
 """
 from __future__ import annotations
 
@@ -96,6 +97,21 @@ def kubernetes_train(cfg: PipelineConfig, ds, ds_task_id: str):
     return first, job
 
 
+def kubernetes_index(cfg: PipelineConfig, ds_task_id: str):
+    """The index build as three Jobs, one after the other: plan (train the quantiser) ->
+    fill (an Indexed Job, a pod per shard) -> finish (recall gate, publish index/ds=D).
+    Returns (first, last)."""
+    from orchestration.k8s import INDEX_STAGES, index_job_spec, index_pod_template
+
+    day = xcom(ds_task_id)
+    jobs = [k8s_job(cfg, f"build_index_{stage}", index_pod_template(cfg, day, stage),
+                    index_job_spec(cfg, stage), name=f"mind-build-index-{stage}",
+                    outlets=[asset(cfg, "index")] if stage == "finish" else [])
+            for stage in INDEX_STAGES]
+    jobs[0] >> jobs[1] >> jobs[2]
+    return jobs[0], jobs[-1]
+
+
 def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
     """train (torchrun) -> evaluate + gate -> embed users (Spark) -> build index -> publish.
 
@@ -145,16 +161,13 @@ def model_chain(cfg: PipelineConfig, ds, ds_task_id: str):
         return publish_version(cfg.data_root, day)
 
     if cfg.execution == "kubernetes":
-        from orchestration.k8s import INDEX_JOB_SPEC, index_pod_template
-
         first, trained = kubernetes_train(cfg, ds, ds_task_id)
-        index = k8s_job(cfg, "build_index", index_pod_template(cfg, xcom(ds_task_id)),
-                        INDEX_JOB_SPEC, name="mind-build-index",
-                        outlets=[asset(cfg, "index")])
+        index, indexed = kubernetes_index(cfg, ds_task_id)
     else:
         first = trained = train(ds)
-        index = build_index(ds)
+        index = indexed = build_index(ds)
     gate = evaluate_gate(ds)
     last = publish(ds)
-    trained >> gate >> embed >> index >> last
+    trained >> gate >> embed >> index
+    indexed >> last
     return first, last

@@ -28,14 +28,17 @@ Settings, as `setting (environment variable; default): meaning`:
 - gate_margin (MIND_GATE_MARGIN; 0.01): largest allowed drop (absolute) vs the published
   model
 - index_shards (MIND_INDEX_SHARDS; 2): FAISS shards
+- index_workers (MIND_INDEX_WORKERS; index_shards): kubernetes mode: fill pods running at
+  once (the parallelism of the index build's Indexed Job, one pod per shard)
 - index_args (MIND_INDEX_ARGS; none): extra `jobs.build_index` flags, e.g.
   `--recall-threshold 0.9`
 - retries (MIND_RETRIES; 2): retries of every task
 - retry_delay_s (MIND_RETRY_DELAY_S; 120): seconds between retries
 - execution (MIND_EXECUTION; local): `local` runs Spark through spark-submit (connection
   `spark_mind`) and torchrun / the index build inside the Airflow worker; `kubernetes` runs
-  them as pods (SparkApplications, an Indexed Job of torchrun nodes, an index Job) rendered
-  by `orchestration.k8s` (infra/OPERATIONS.md)
+  them as pods (SparkApplications, an Indexed Job of torchrun nodes, the index build's plan,
+  fill (an Indexed Job, a pod per shard) and finish Jobs) rendered by `orchestration.k8s`
+  (infra/OPERATIONS.md)
 
 Kubernetes mode only (`data_root` is then the PVC's mount path in every pod and in the
 Airflow worker, e.g. /data):
@@ -111,6 +114,7 @@ class PipelineConfig:
     gate_metric: str = "hr@50"
     gate_margin: float = 0.01
     index_shards: int = 2
+    index_workers: int | None = None  # None: index_shards
     index_args: tuple[str, ...] = ()
     retries: int = 2
     retry_delay_s: int = 120
@@ -131,8 +135,12 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_root", Path(self.data_root).absolute())
+        if self.index_workers is None:  # every shard's pod at once
+            object.__setattr__(self, "index_workers", self.index_shards)
         if self.train_nproc < 1 or self.lookback_days < 1 or self.index_shards < 1:
             raise ValueError("train_nproc, lookback_days and index_shards must be >= 1")
+        if self.index_workers < 1:
+            raise ValueError(f"MIND_INDEX_WORKERS must be >= 1, got {self.index_workers}")
         if self.gate_margin < 0:
             raise ValueError("gate_margin must be >= 0")
         if self.execution not in EXECUTION_MODES:
@@ -167,7 +175,8 @@ class PipelineConfig:
         return [a for k, v in sorted(self.spark_conf.items()) for a in ("--conf", f"{k}={v}")]
 
     def index_command(self, ds: str) -> str:
-        return shlex.join([sys.executable, "-m", "jobs.build_index",
+        """The whole index build in one process (local mode; kubernetes runs it in stages)."""
+        return shlex.join([sys.executable, "-m", "jobs.build_index", "--stage", "all",
                            "--data-root", str(self.data_root), "--ds", ds,
                            "--shards", str(self.index_shards), *self.index_args])
 
@@ -221,6 +230,7 @@ def load_config(env: Mapping[str, str] | None = None) -> PipelineConfig:
         gate_metric=get("MIND_GATE_METRIC", str, d.gate_metric),
         gate_margin=get("MIND_GATE_MARGIN", float, d.gate_margin),
         index_shards=get("MIND_INDEX_SHARDS", int, d.index_shards),
+        index_workers=get("MIND_INDEX_WORKERS", int, None),
         index_args=get("MIND_INDEX_ARGS", lambda s: tuple(shlex.split(s)), ()),
         retries=get("MIND_RETRIES", int, d.retries),
         retry_delay_s=get("MIND_RETRY_DELAY_S", int, d.retry_delay_s),

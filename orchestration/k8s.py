@@ -14,7 +14,9 @@ when they differ). Two kinds of objects:
 - per ds, with names unique per ds (the operators add a random suffix per try):
   SparkApplications of build_sequences and embed_users, the training Job (Indexed: one
   pod per torchrun node, c10d rendezvous on pod 0, recovery by replacing the pods) writing
-  `training/ds=D/run-<fp>/` where the publish gate reads, and the index-build Job.
+  `training/ds=D/run-<fp>/` where the publish gate reads, and the index build's three Jobs
+  (`jobs.build_index --stage`: plan, fill as an Indexed Job with one pod per shard, finish),
+  run one after the other.
 
 `ds`, `work_dir` and `warm_start` are strings: literal values, or the Jinja expressions
 the DAG passes (rendered by Airflow at run time).
@@ -245,33 +247,63 @@ def training_job(cfg: PipelineConfig, ds: str, fingerprint: str, seq_dir: str, w
 # ------------------------------------------------------------------ index
 
 
-def index_pod_template(cfg: PipelineConfig, ds: str) -> Obj:
+INDEX_STAGES = ("plan", "fill", "finish")  # jobs.build_index --stage, in this order
+INDEX_STAGE_LABEL = "mind/index-stage"      # kubectl apply -f build-index.yaml -l <it>=plan
+INDEX_CPU, INDEX_MEMORY = 2, "8Gi"          # requests of every index pod
+
+
+def index_args(cfg: PipelineConfig, ds: str, stage: str) -> list[str]:
+    """jobs.build_index's arguments for one stage. Only plan takes the build's settings;
+    fill and finish read them from the plan, and a fill pod's shard is its completion
+    index (JOB_COMPLETION_INDEX, set by the Indexed Job): the same args in every pod."""
     args = ["-m", "jobs.build_index", "--data-root", str(cfg.data_root), "--ds", ds,
-            "--shards", str(cfg.index_shards), *cfg.index_args]
-    resources: Obj = {"requests": {"cpu": "2", "memory": "8Gi"}}
-    if cfg.train_gpus:
+            "--stage", stage]
+    if stage == "plan":
+        args += ["--shards", str(cfg.index_shards), *cfg.index_args]
+    return args
+
+
+def index_pod_template(cfg: PipelineConfig, ds: str, stage: str) -> Obj:
+    """The pod of one index stage. plan trains the quantiser and finish runs the recall gate:
+    a GPU where training has them; fill pods are CPU only, one FAISS thread per requested
+    core. One image for the three, so one FAISS build writes and reads every file."""
+    resources: Obj = {"requests": {"cpu": str(INDEX_CPU), "memory": INDEX_MEMORY}}
+    container: Obj = {"name": "base", "image": cfg.gpu_image or cfg.image,
+                      "command": ["python"], "args": index_args(cfg, ds, stage),
+                      "resources": resources, "securityContext": container_security(),
+                      "volumeMounts": [_data_mount(cfg)]}
+    if stage == "fill":  # OpenMP would otherwise start a thread per core of the node
+        container["env"] = [{"name": "OMP_NUM_THREADS", "value": str(INDEX_CPU)}]
+    elif cfg.train_gpus:
         resources["limits"] = {"nvidia.com/gpu": "1"}
     return {
-        "metadata": {"labels": {**_labels("index"), "mind/ds": compact_ds(ds)}},
+        "metadata": {"labels": {**_labels("index"), INDEX_STAGE_LABEL: stage,
+                                "mind/ds": compact_ds(ds)}},
         "spec": {"serviceAccountName": RUNNER_SA, "restartPolicy": "Never",
                  "securityContext": pod_security(),
-                 "containers": [{"name": "base", "image": cfg.gpu_image or cfg.image,
-                                 "command": ["python"], "args": args,
-                                 "resources": resources,
-                                 "securityContext": container_security(),
-                                 "volumeMounts": [_data_mount(cfg)]}],
+                 "containers": [container],
                  "volumes": [_data_volume()]},
     }
 
 
-INDEX_JOB_SPEC: Obj = {"completions": 1, "parallelism": 1, "backoffLimit": 0}
+def index_job_spec(cfg: PipelineConfig, stage: str) -> Obj:
+    """The Job fields of one index stage (also the operator's arguments): fill is an Indexed
+    Job, one completion per shard, `index_workers` pods at a time."""
+    if stage != "fill":
+        return {"completions": 1, "parallelism": 1, "backoffLimit": 0}
+    return {"completionMode": "Indexed", "completions": cfg.index_shards,
+            "parallelism": min(cfg.index_workers, cfg.index_shards),
+            # a failed fill pod is replaced (its shard is rewritten whole), about once a shard
+            "backoffLimit": cfg.index_shards}
 
 
-def index_job(cfg: PipelineConfig, ds: str) -> Obj:
+def index_job(cfg: PipelineConfig, ds: str, stage: str) -> Obj:
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"mind-build-index-{compact_ds(ds)}",
-                         "namespace": cfg.k8s_namespace, "labels": _labels("index")},
-            "spec": {**INDEX_JOB_SPEC, "template": index_pod_template(cfg, ds)}}
+            "metadata": {"name": f"mind-build-index-{stage}-{compact_ds(ds)}",
+                         "namespace": cfg.k8s_namespace,
+                         "labels": {**_labels("index"), INDEX_STAGE_LABEL: stage}},
+            "spec": {**index_job_spec(cfg, stage),
+                     "template": index_pod_template(cfg, ds, stage)}}
 
 
 # ------------------------------------------------------------------ examples
@@ -306,7 +338,7 @@ def examples(cfg: PipelineConfig, ds: str = EXAMPLE_DS,
         "spark-embed-users.yaml": [spark_application(cfg, "embed_users", ds,
                                                      cfg.embed_args(ds))],
         "train.yaml": [training_job(cfg, ds, fingerprint, seq, work, warm, train_flags(cfg))],
-        "build-index.yaml": [index_job(cfg, ds)],
+        "build-index.yaml": [index_job(cfg, ds, stage) for stage in INDEX_STAGES],
     }
 
 

@@ -21,6 +21,8 @@ import yaml
 from orchestration.config import PipelineConfig, load_config
 from orchestration.k8s import (
     IMAGE_ROOT,
+    INDEX_STAGE_LABEL,
+    INDEX_STAGES,
     PVC,
     RDZV_PORT,
     SPARK_SA,
@@ -200,9 +202,10 @@ def test_names_are_unique_per_ds_and_fit_dns_labels():
     for ds in ("2026-11-28", "2026-11-29"):
         objs = [spark_application(cfg, "build_sequences", ds, []),
                 spark_application(cfg, "embed_users", ds, []),
-                training_job(cfg, ds, "0123456789ab", "s", "w", "", []), index_job(cfg, ds)]
+                training_job(cfg, ds, "0123456789ab", "s", "w", "", []),
+                *(index_job(cfg, ds, stage) for stage in INDEX_STAGES)]
         names[ds] = {o["metadata"]["name"] for o in objs}
-        assert len(names[ds]) == 4
+        assert len(names[ds]) == 6
         for n in names[ds]:
             # the operators prepend "job-" and append "-xxxxxxxx"; pods add "-<index>"
             assert DNS_LABEL.match(n) and len("job-" + n + "-abcdefgh-0") <= 63, n
@@ -248,14 +251,73 @@ def test_training_job_is_elastic_torchrun_on_the_headless_service(tmp_path):
     assert importlib.util.find_spec("mind_model.train") is not None
 
 
-def test_index_job_runs_the_index_build_for_ds():
-    cfg = cpu_config()
-    job = index_job(cfg, DS)
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    assert c["args"][:2] == ["-m", "jobs.build_index"]
-    assert c["args"][c["args"].index("--ds") + 1] == DS
-    assert c["args"][-2:] == ["--recall-threshold", "0.9"]
-    assert {"name": "data", "mountPath": "/mnt/mind"} in c["volumeMounts"]
+def index_containers(jobs: list[dict]) -> dict[str, dict]:
+    """stage -> the container of that stage's Job (by its pods' stage label)."""
+    return {job["spec"]["template"]["metadata"]["labels"][INDEX_STAGE_LABEL]:
+            job["spec"]["template"]["spec"]["containers"][0] for job in jobs}
+
+
+def test_index_build_is_plan_then_an_indexed_fill_then_finish():
+    cfg = example_config()  # 4 shards, GPUs
+    jobs = examples(cfg)["build-index.yaml"]
+    assert [j["metadata"]["labels"][INDEX_STAGE_LABEL] for j in jobs] == ["plan", "fill", "finish"]
+    assert list(index_containers(jobs)) == ["plan", "fill", "finish"]  # the pods say it too
+    spec = {j["metadata"]["labels"][INDEX_STAGE_LABEL]: j["spec"] for j in jobs}
+    assert spec["fill"]["completionMode"] == "Indexed"
+    assert spec["fill"]["completions"] == spec["fill"]["parallelism"] == cfg.index_shards == 4
+    for stage in ("plan", "finish"):
+        assert "completionMode" not in spec[stage] and spec[stage]["completions"] == 1
+    c = index_containers(jobs)
+    for stage, container in c.items():
+        args = container["args"]
+        assert args[:2] == ["-m", "jobs.build_index"]
+        assert args[args.index("--stage") + 1] == stage and args[args.index("--ds") + 1] == DS
+        assert "--shard" not in args  # fill: the shard is the pod's JOB_COMPLETION_INDEX
+        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert c["plan"]["args"][-2:] == ["--shards", "4"]  # the build's settings go to plan
+    for stage in ("plan", "finish"):
+        assert c[stage]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert "limits" not in c["fill"]["resources"]  # a shard needs CPUs only
+    assert c["fill"]["resources"]["requests"]["cpu"] == "2"
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in c["fill"]["env"]
+
+
+def test_index_workers_set_the_fill_jobs_parallelism():
+    cfg = PipelineConfig(data_root=Path("/mnt/mind"), execution="kubernetes", image=IMAGE,
+                         index_shards=6, index_workers=2, index_args=("--recall-threshold", "0.9"))
+    fill = index_job(cfg, DS, "fill")
+    validate_core(fill)
+    assert (fill["spec"]["completions"], fill["spec"]["parallelism"]) == (6, 2)
+    plan = index_job(cfg, DS, "plan")["spec"]["template"]["spec"]["containers"][0]
+    assert plan["args"][-4:] == ["--shards", "6", "--recall-threshold", "0.9"]
+    assert "resources" in plan and "limits" not in plan["resources"]  # no GPUs configured
+    assert load_config({}).index_workers == load_config({}).index_shards == 2
+    assert load_config({"MIND_INDEX_SHARDS": "8"}).index_workers == 8
+    assert load_config({"MIND_INDEX_WORKERS": "3"}).index_workers == 3
+    with pytest.raises(ValueError, match="MIND_INDEX_WORKERS must be >= 1"):
+        load_config({"MIND_INDEX_WORKERS": "0"})
+
+
+def test_the_index_pods_commands_build_and_publish_the_index(tmp_path, monkeypatch):
+    """The three Jobs' commands, run in order on real embeddings (each fill pod with the
+    JOB_COMPLETION_INDEX Kubernetes gives it), publish the index the one-process build would."""
+    from jobs.build_index import main
+    from tests.test_index_build import STAGED, write_embeddings
+
+    root = write_embeddings(tmp_path / "data")
+    cfg = PipelineConfig(data_root=root, execution="kubernetes", image=IMAGE, index_shards=3,
+                         index_args=tuple(STAGED[4:]))  # the gate's flags, not --ds --shards
+    jobs = [index_job(cfg, DS, stage) for stage in INDEX_STAGES]
+    for job in jobs:
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        for pod in range(job["spec"]["completions"]):
+            if job["spec"].get("completionMode") == "Indexed":
+                monkeypatch.setenv("JOB_COMPLETION_INDEX", str(pod))
+            assert main(args[2:]) == 0, (job["metadata"]["name"], pod)
+        monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    manifest = json.loads((root / "index" / f"ds={DS}" / "manifest.json").read_text())
+    assert manifest["n_shards"] == 3 and manifest["factory"] == "IVF16,Flat"
+    assert sorted(p.name for p in (root / "index").iterdir()) == [f"ds={DS}"]
 
 
 def test_kubernetes_mode_needs_a_pinned_image():
@@ -299,7 +361,8 @@ def submitted(tmp_path_factory):
            "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "MIND_EXECUTION": "kubernetes",
            "MIND_IMAGE": IMAGE, "MIND_GPU_IMAGE": IMAGE.replace("pipeline", "pipeline-gpu"),
            "MIND_DATA_ROOT": "/data", "MIND_TRAIN_NODES": "2", "MIND_TRAIN_GPUS": "2",
-           "MIND_TRAIN_ARGS": "--batch-size 512"}
+           "MIND_TRAIN_ARGS": "--batch-size 512", "MIND_INDEX_SHARDS": "3",
+           "MIND_INDEX_WORKERS": "2"}
     plan = {"seq_dir": f"/data/sequences/ds={DS}", "fingerprint": "fedcba987654",
             "work_dir": f"/data/training/ds={DS}/run-fedcba987654",
             "warm_start": "/data/models/ds=2026-11-27/model.pt"}
@@ -318,9 +381,11 @@ def test_kubernetes_mode_task_types_and_order(submitted):
         "resolve_ds": "_PythonDecoratedOperator", "build_sequences": "SparkKubernetesOperator",
         "plan_train": "_PythonDecoratedOperator", "train": "KubernetesJobOperator",
         "evaluate_gate": "_PythonDecoratedOperator", "embed_users": "SparkKubernetesOperator",
-        "build_index": "KubernetesJobOperator", "publish": "_PythonDecoratedOperator"}
+        "build_index_plan": "KubernetesJobOperator", "build_index_fill": "KubernetesJobOperator",
+        "build_index_finish": "KubernetesJobOperator", "publish": "_PythonDecoratedOperator"}
     order = ["resolve_ds", "build_sequences", "plan_train", "train", "evaluate_gate",
-             "embed_users", "build_index", "publish"]
+             "embed_users", "build_index_plan", "build_index_fill", "build_index_finish",
+             "publish"]
     for up, down in zip(order, order[1:]):
         assert down in out["downstream"][up], f"{up} -> {down}"
 
@@ -333,7 +398,8 @@ def test_kubernetes_mode_submits_valid_objects_for_the_ds(submitted):
         args = app["spec"]["arguments"]
         assert args[args.index("--ds") + 1] == DS and args[args.index("--data-root") + 1] == "/data"
         assert app["metadata"]["name"].startswith(f"mind-{task.replace('_', '-')}-20261128-")
-    for task in ("train", "build_index"):
+    index = [f"build_index_{stage}" for stage in INDEX_STAGES]
+    for task in ("train", *index):
         validate_core(out[task])  # the Job exactly as the operator would create it
     train = out["train"]
     assert train["spec"]["completionMode"] == "Indexed" and train["spec"]["parallelism"] == 2
@@ -347,5 +413,14 @@ def test_kubernetes_mode_submits_valid_objects_for_the_ds(submitted):
     assert train["spec"]["template"]["spec"]["subdomain"] == TRAIN_SERVICE
     assert train["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == UID
     assert train["spec"]["template"]["metadata"]["labels"]["mind/ds"] == "20261128"
-    index = out["build_index"]["spec"]["template"]["spec"]["containers"][0]
-    assert index["args"][index["args"].index("--ds") + 1] == DS
+    c = index_containers([out[task] for task in index])
+    assert list(c) == list(INDEX_STAGES)  # each task runs its own stage
+    for stage, container in c.items():
+        args = container["args"]
+        assert args[args.index("--ds") + 1] == DS and args[args.index("--stage") + 1] == stage
+        assert "--shard" not in args
+    assert c["plan"]["args"][c["plan"]["args"].index("--shards") + 1] == "3"
+    fill = out["build_index_fill"]["spec"]
+    assert fill["completionMode"] == "Indexed"
+    assert (fill["completions"], fill["parallelism"]) == (3, 2)
+    assert "limits" not in c["fill"]["resources"] and c["finish"]["resources"]["limits"]
