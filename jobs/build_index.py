@@ -378,7 +378,11 @@ def read_plan(work_dir: Path, cfg: IndexConfig) -> BuildPlan:
     if not path.is_file():
         raise FileNotFoundError(f"{work_dir}: no build plan ({PLAN_FILE}) for ds={cfg.ds}: "
                                 f"run `--stage plan` first")
-    plan = BuildPlan(**json.loads(path.read_text()))
+    try:
+        plan = BuildPlan(**json.loads(path.read_text()))
+    except TypeError:  # fields added or dropped since it was written
+        raise ValueError(f"{path} is not a plan of this version: run `--stage plan` again") \
+            from None
     version = embeddings_version(DataLayout(cfg.data_root), cfg.ds)
     if (plan.ds, plan.model_version) != (cfg.ds, version):
         raise ValueError(f"{work_dir}: the plan is for ds={plan.ds}, model {plan.model_version}, "

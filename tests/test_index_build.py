@@ -286,6 +286,9 @@ def test_fill_and_finish_without_a_matching_plan_refuse(tmp_path, capsys):
     line = error_line(capsys)
     assert str(work) in line and "model v1" in line and "model v2" in line
     assert not list(work.glob("shard-*"))
+    (work / "_plan.json").write_text(json.dumps({"ds": DS}))  # another version's plan
+    assert build(root, "--stage", "finish") == 2
+    assert f"{work / '_plan.json'} is not a plan of this version" in error_line(capsys)
 
 
 def test_rerunning_a_fill_replaces_its_shard_and_a_new_plan_starts_over(tmp_path):
