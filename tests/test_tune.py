@@ -78,3 +78,15 @@ def test_daily_plan_takes_the_settings_file(tmp_path):
     settings.write_text(json.dumps({"nope": 1}))
     with pytest.raises(ValueError, match="not a settings file"):
         plan_training(PipelineConfig(data_root=tmp_path, train_settings=settings), DS)
+
+
+def test_shipped_review_data_settings_train_as_written():
+    """The settings file shipped for review-like data is one training reads: every key a
+    TrainConfig field, applied by --settings, giving a run with cosine scores on."""
+    from mind_model.train import TrainConfig, load_settings, parse_args
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "settings" / "review_data.json"
+    assert load_settings(path) == {"cosine_temperature": 0.1, "hist_dropout": 0.2}
+    cfg = TrainConfig(**parse_args(["--data-dir", "d", "--out-dir", "o", "--settings", str(path)]))
+    assert (cfg.cosine_temperature, cfg.hist_dropout) == (0.1, 0.2)
+    assert cfg.cosine_scores and cfg.softmax_scale == cfg.logit_scale / 0.1
