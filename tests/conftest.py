@@ -106,3 +106,24 @@ def build_published_root(spark, root: Path, *, ds: str, n_events: int, seed: int
                                   recall_users=recall_users))
     publish(root, ds)
     return layout, meta, model, emb, idx
+
+
+def no_traceback(text: str) -> None:
+    """Bad input ends in a message, never a stack trace."""
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+
+
+def assert_main_error(capsys, main, argv: list[str], *names: str) -> str:
+    """An in-process `main(argv)` refusing bad input: exit 2, no traceback, and a last
+    stderr line with `error: ` naming each of `names` (argparse's own flag errors:
+    SystemExit(2) after the usage, `prog: error: ...`)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    no_traceback(out + err)
+    assert code == 2, (out[-2000:], err[-2000:])
+    line = err.strip().splitlines()[-1]
+    assert "error: " in line and all(n in line for n in names), (names, line)
+    return line

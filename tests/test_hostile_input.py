@@ -36,7 +36,7 @@ from orchestration import local_pipeline as local_pipeline_job
 from orchestration import steps
 from serving import retrieval
 from serving.retrieval import NoKnownItems, Retriever
-from tests.conftest import REPO_ROOT, build_published_root
+from tests.conftest import REPO_ROOT, assert_main_error, build_published_root, no_traceback
 
 DS = "2026-11-28"
 PY = sys.executable
@@ -48,8 +48,6 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO_ROOT)
 
 
-def no_traceback(text: str) -> None:
-    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
@@ -63,19 +61,6 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
     return line
 
 
-def assert_main_error(capsys, main, argv: list[str], *names: str) -> str:
-    """The same for an in-process `main(argv)` (argparse's own flag errors: SystemExit(2)
-    after the usage, `prog: error: ...`)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    no_traceback(out + err)
-    assert code == 2, (out[-2000:], err[-2000:])
-    line = err.strip().splitlines()[-1]
-    assert "error: " in line and all(n in line for n in names), (names, line)
-    return line
 
 
 def read_events(out: Path) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import pytest
 from artefacts import index as ix
 from artefacts.vectors import count_items, read_item_embeddings, read_item_part, sample_item_vectors
 from schemas import ITEM_EMBEDDINGS, USER_VECTORS
+from tests.conftest import assert_main_error
 
 D = 8
 
@@ -173,10 +174,13 @@ def build(root: Path, *argv: str, flags: list[str] = STAGED) -> int:
     return main(["--data-root", str(root), *flags, *argv])
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
-    return err[-1]
+def build_error(capsys, root: Path, *argv: str, flags: list[str] = STAGED) -> str:
+    """The job's one-line `error: ...` (exit 2, no traceback) for these arguments."""
+    from jobs.build_index import main
+
+    line = assert_main_error(capsys, main, ["--data-root", str(root), *flags, *argv])
+    assert line.startswith("error: "), line
+    return line
 
 
 def published(root: Path) -> tuple[dict, dict[str, bytes]]:
@@ -228,12 +232,10 @@ def test_fill_takes_the_shard_from_the_indexed_job(tmp_path, capsys, monkeypatch
     _, ids = catalogue(3000, seed=3)
     assert np.array_equal(np.sort(held), ids[ids % 3 == 1])
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
-    assert build(root, "--stage", "fill") == 2
-    line = error_line(capsys)
+    line = build_error(capsys, root, "--stage", "fill")
     assert "--shard 3 is out of range" in line and str(work) in line
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
-    assert build(root, "--stage", "fill") == 2
-    assert "JOB_COMPLETION_INDEX" in error_line(capsys)
+    assert "JOB_COMPLETION_INDEX" in build_error(capsys, root, "--stage", "fill")
 
 
 def _ids_of(path: Path) -> np.ndarray:
@@ -253,15 +255,13 @@ def test_finish_with_a_missing_shard_names_it_and_publishes_nothing(tmp_path, ca
     work = build_folder(root)
     # what a pod killed while writing shard 1 leaves: its temporary file, no done file
     (work / ".shard-001.faiss.0123abcd.tmp").write_bytes(b"half a shard")
-    assert build(root, "--stage", "finish") == 2
-    line = error_line(capsys)
+    line = build_error(capsys, root, "--stage", "finish")
     assert "shard(s) 1 of 3 not filled" in line and str(work) in line
     assert not (root / "index" / f"ds={DS}").exists()
     # a shard file without its done file (killed between the two) is not accepted either
     assert build(root, "--stage", "fill", "--shard", "1") == 0
     (work / "_shard-001.json").unlink()
-    assert build(root, "--stage", "finish") == 2
-    assert "shard(s) 1 of 3" in error_line(capsys)
+    assert "shard(s) 1 of 3" in build_error(capsys, root, "--stage", "finish")
     assert build(root, "--stage", "fill", "--shard", "1") == 0
     assert build(root, "--stage", "finish") == 0
     assert sorted(p.name for p in (root / "index" / f"ds={DS}").iterdir()) == [
@@ -273,22 +273,20 @@ def test_fill_and_finish_without_a_matching_plan_refuse(tmp_path, capsys):
     work = build_folder(root)
     for stage in ("fill", "finish"):
         argv = ["--stage", stage] + (["--shard", "0"] if stage == "fill" else [])
-        assert build(root, *argv) == 2
-        line = error_line(capsys)
+        line = build_error(capsys, root, *argv)
         assert str(work) in line and "--stage plan" in line, line
-    assert build(root, "--stage", "plan", "--shard", "0") == 2
-    assert "--shard goes with --stage fill" in error_line(capsys)
+    assert "--shard goes with --stage fill" in build_error(capsys, root, "--stage", "plan",
+                                                           "--shard", "0")
     # a plan for embeddings that were replaced since (another model) is refused
     assert build(root, "--stage", "plan") == 0
     emb = root / "embeddings" / f"ds={DS}" / "manifest.json"
     emb.write_text(json.dumps({"model_version": "v2"}))
-    assert build(root, "--stage", "fill", "--shard", "0") == 2
-    line = error_line(capsys)
+    line = build_error(capsys, root, "--stage", "fill", "--shard", "0")
     assert str(work) in line and "model v1" in line and "model v2" in line
     assert not list(work.glob("shard-*"))
     (work / "_plan.json").write_text(json.dumps({"ds": DS}))  # another version's plan
-    assert build(root, "--stage", "finish") == 2
-    assert f"{work / '_plan.json'} is not a plan of this version" in error_line(capsys)
+    line = build_error(capsys, root, "--stage", "finish")
+    assert f"{work / '_plan.json'} is not a plan of this version" in line
 
 
 def test_rerunning_a_fill_replaces_its_shard_and_a_new_plan_starts_over(tmp_path):
