@@ -48,6 +48,9 @@ class ModelSettings:
     # and the softmax sees logit_scale * cos(u, e) / cosine_temperature; 0 = inner product
     cosine_temperature: float = 0.0
     hist_dropout: float = 0.0  # dropout on the behaviour embeddings, training only (0 = off)
+    # > 0: the user's interests come from their last `history_window` behaviours only (of
+    # the L the data holds), in training, evaluation and export alike; 0 = all L
+    history_window: int = 0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -61,6 +64,9 @@ class ModelSettings:
         if not self.cosine_temperature >= 0:  # also rejects nan
             raise ValueError(f"cosine_temperature must be >= 0 (0 = off), "
                              f"got {self.cosine_temperature}")
+        if self.history_window < 0:
+            raise ValueError(f"history_window must be >= 0 (0 = all L), "
+                             f"got {self.history_window}")
         if not 0 <= self.hist_dropout < 1:
             raise ValueError(f"hist_dropout must be in [0, 1), got {self.hist_dropout}")
         # frozen: canonical values set once (a tuple, whatever sequence was given)

@@ -99,16 +99,18 @@ def _batch_tensors(samples: Mapping[str, Any], rows: np.ndarray, device) -> dict
 def coupling_matrices(model: torch.nn.Module, samples: Mapping[str, Any],
                       user_rows: Sequence[int]) -> list[np.ndarray]:
     """Coupling coefficients at inference for each row: (K'_u, hist_len_u) float arrays
-    (active interests x real behaviours, oldest behaviour first)."""
+    (active interests x real behaviours, oldest behaviour first; the last
+    `history_window` behaviours when the model has one: those are what it routes)."""
     if getattr(model, "routing", None) is None:
         raise ValueError("the model has no routing (mean pooling): no coupling coefficients")
     model.eval()
     device = next(model.parameters()).device
     rows = np.asarray(user_rows, dtype=np.int64)
     b = _batch_tensors(samples, rows, device)
-    out = model.interest_capsules(b["hist"], b["hist_len"])
-    w, mask = out.coupling.cpu().numpy(), out.mask.cpu().numpy()  # (B, K, L), (B, K)
-    lens = b["hist_len"].cpu().numpy()
+    hist, hist_len = model.recent(b["hist"], b["hist_len"])  # (B, W), (B,)
+    out = model.interest_capsules(hist, hist_len)
+    w, mask = out.coupling.cpu().numpy(), out.mask.cpu().numpy()  # (B, K, W), (B, K)
+    lens = hist_len.cpu().numpy()
     return [w[i, :int(mask[i].sum()), :int(lens[i])] for i in range(len(rows))]
 
 
@@ -147,7 +149,8 @@ def coupling_heatmap(model: torch.nn.Module, samples: Mapping[str, Any], user_ro
         ax.set_yticks(range(m.shape[0]), [f"interest {k + 1}" for k in range(m.shape[0])],
                       fontsize=8)
         if m.shape[1] <= max_labels:
-            names = [_name_of(item_names, int(i))[:14] for i in hist[row, :m.shape[1]]]
+            end = int(samples["hist_len"][row])  # m covers the last m.shape[1] behaviours
+            names = [_name_of(item_names, int(i))[:14] for i in hist[row, end - m.shape[1]:end]]
             ax.set_xticks(range(m.shape[1]), names, rotation=90, fontsize=7)
         else:
             ax.set_xlabel("behaviour (oldest first)", fontsize=8)
@@ -237,7 +240,8 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         rows = np.arange(s, min(s + batch_size, n))
         b = _batch_tensors(samples, rows, device)
         profile = {k: v for k, v in b.items() if k in PROFILE_COLUMNS}
-        caps = model.interest_capsules(b["hist"], b["hist_len"])  # routing once per batch
+        hist, hist_len = model.recent(b["hist"], b["hist_len"])  # what the model routes
+        caps = model.interest_capsules(hist, hist_len)  # routing once per batch
         V, mask = model.interests_from_capsules(caps, profile)  # (B, K, D), (B, K)
         k_active = mask.sum(1).cpu().numpy()
         for k in k_active.tolist():
@@ -248,7 +252,7 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
             div_users += multi
         if has_routing:
             s_sum, s_n = routing_sharpness(caps.coupling, caps.mask,
-                                           behaviour_mask(b["hist"], b["hist_len"]))
+                                           behaviour_mask(hist, hist_len))
             sharp_sum, sharp_n = sharp_sum + s_sum, sharp_n + s_n
         if truth is None:
             continue
@@ -256,8 +260,8 @@ def interest_report(model: torch.nn.Module, samples: Mapping[str, Any],
         if not keep:
             continue
         tops = rec.interest_topn(V, n_top).numpy()  # (B, K, n_top)
-        coupling = caps.coupling  # (B, K, L); None for mean pooling
-        hist, lens = b["hist"].cpu().numpy(), b["hist_len"].cpu().numpy()
+        coupling = caps.coupling  # (B, K, W); None for mean pooling
+        hist, lens = hist.cpu().numpy(), hist_len.cpu().numpy()  # the routed behaviours
         ic = truth.item_cluster
 
         def cluster_of(ids: np.ndarray) -> np.ndarray:

@@ -74,6 +74,19 @@ def behaviour_mask(hist: Tensor, hist_len: Tensor) -> Tensor:
     return (pos[None, :] < hist_len[:, None]) & (hist != PAD_IDX)
 
 
+def recent_behaviours(hist: Tensor, hist_len: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """The last `window` behaviours of each row, still oldest first and right-padded:
+    ((B, W), (B,)) with W = window. Unchanged when window is 0 or >= L."""
+    B, L = hist.shape
+    if window <= 0 or window >= L:
+        return hist, hist_len
+    n = hist_len.long().clamp(min=0, max=window)  # (B,) behaviours kept
+    slot = torch.arange(window, device=hist.device)  # (W,)
+    pos = (hist_len.long() - n)[:, None] + slot[None, :]  # (B, W) source positions
+    kept = hist.gather(1, pos.clamp(max=L - 1))  # (B, W)
+    return kept.masked_fill(slot[None, :] >= n[:, None], PAD_IDX), n
+
+
 class ItemEmbedding(nn.Module):
     """e_i = mean of the embeddings of item id and its side ids (category, brand).
 
@@ -411,13 +424,19 @@ class MIND(nn.Module):
             out.append(e if self.routing is None else self.routing.S(e))
         return torch.cat(out)
 
+    def recent(self, hist: Tensor, hist_len: Tensor) -> tuple[Tensor, Tensor]:
+        """The behaviours the interests are computed from: the last `history_window` of
+        `hist` (all of it at 0), right-padded. Callers that map routing weights back to
+        behaviours apply it first (it is idempotent)."""
+        return recent_behaviours(hist, hist_len.long(), self.cfg.history_window)
+
     def interest_capsules(self, hist: Tensor, hist_len: Tensor,
                           init_logits: Tensor | None = None,
                           table: Tensor | None = None) -> RoutingOutput:
         """Capsules before the user tower: routing output, or the masked mean of the
         behaviour embeddings as a single capsule (YouTube DNN). `table`: this model's
         `behaviour_table()` (inference only: no gradient reaches the embeddings)."""
-        hist_len = hist_len.long()
+        hist, hist_len = self.recent(hist, hist_len)  # (B, L) -> (B, W) if windowed
         bmask = behaviour_mask(hist, hist_len)  # (B, L)
         if table is not None and self.routing is not None:
             return self.routing.route(F.embedding(hist, table), hist_len, bmask, init_logits)

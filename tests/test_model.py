@@ -17,6 +17,7 @@ from mind_model.model import (
     ItemEmbedding,
     LabelAwareAttention,
     n_active_interests,
+    recent_behaviours,
     squash,
 )
 
@@ -637,9 +638,51 @@ def test_history_dropout_acts_in_training_only():
                                rtol=0, atol=0)
 
 
+def test_recent_behaviours_keeps_the_last_window_of_each_row():
+    b = make_batch(B=6, lens=[0, 1, 3, 5, 8, 8])
+    for w in (1, 3, 5):
+        hist, lens = recent_behaviours(b["hist"], b["hist_len"], w)
+        assert hist.shape == (6, w)
+        for u, n in enumerate(b["hist_len"].tolist()):  # python slicing as the reference
+            want = b["hist"][u, :n].tolist()[-w:] if n else []
+            assert lens[u].item() == len(want)
+            assert hist[u].tolist() == want + [0] * (w - len(want))
+    for w in (0, 8, 50):  # off, or at least L: unchanged
+        hist, lens = recent_behaviours(b["hist"], b["hist_len"], w)
+        assert hist is b["hist"] and lens is b["hist_len"]
+
+
+@pytest.mark.parametrize("variant", ["mind", "youtube"])
+def test_history_window_is_the_model_on_the_last_behaviours(variant):
+    """A windowed model scores a user exactly as the unwindowed one scores the user's last W
+    behaviours (eval mode, same weights): K'_u follows the window too."""
+    torch.manual_seed(16)
+    cfg = tiny_cfg(history_window=4)
+    cfg = youtube_dnn(cfg) if variant == "youtube" else cfg
+    model, plain = MIND(cfg).eval(), MIND(cfg.replace(history_window=0)).eval()
+    plain.load_state_dict(model.state_dict())
+    b = make_batch()
+    V, mask = model.user_interests(b["hist"], b["hist_len"], b)
+    with torch.no_grad():  # bulk inference (the embedding job) windows the same way
+        V_bulk, _ = model.user_interests(b["hist"], b["hist_len"], b,
+                                         table=model.behaviour_table())
+    torch.testing.assert_close(V_bulk, V)
+    for u, n in enumerate(b["hist_len"].tolist()):
+        last = b["hist"][u, :n][-4:]
+        h = torch.zeros(1, 8, dtype=torch.long)
+        h[0, :len(last)] = last
+        Vp, mp = plain.user_interests(h, torch.tensor([len(last)]),
+                                      {k: v[u:u + 1] for k, v in b.items()})
+        assert torch.equal(mask[u], mp[0])
+        torch.testing.assert_close(V[u], Vp[0])
+    # lengths 1, 3, 5, 8 -> 1, 3, 4, 4 behaviours routed: K'_u = 1, 1, 2, 2 (not 2 and 3)
+    assert mask.sum(1).tolist() == ([1, 1, 1, 1] if variant == "youtube" else [1, 1, 2, 2])
+
+
 @pytest.mark.parametrize("bad", [dict(cosine_temperature=-0.1),
                                  dict(cosine_temperature=float("nan")),
-                                 dict(hist_dropout=1.0), dict(hist_dropout=-0.1)])
+                                 dict(hist_dropout=1.0), dict(hist_dropout=-0.1),
+                                 dict(history_window=-1)])
 def test_cosine_and_dropout_settings_are_checked(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         tiny_cfg(**bad)
