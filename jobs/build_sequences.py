@@ -485,8 +485,12 @@ def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int
                            cfg: PrepConfig) -> tuple[DataFrame, DataFrame, dict[str, int]]:
     """(distinct, kept) events, both persisted, and the row accounting
     input = kept + quarantined + duplicates + filtered, checked."""
+    # One shuffle by user serves the duplicate removal (its keys include user_id), the user
+    # filter's count and semi-join, and the items table's join with the users: Spark
+    # plans no further exchange of all events for them (checked in tests/test_prep.py)
     valid = (annotated.where(F.col("reason").isNull())
-             .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS))
+             .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS)
+             .repartition("user_id"))
     distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
     n_distinct = distinct.count()
     kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
