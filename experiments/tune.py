@@ -55,6 +55,9 @@ GRID: dict[str, list[Any]] = {
     # +0.043 over its defaults on one split, level with a tuned ALS (README, Real data)
     "cosine_temperature": [0.0, 0.1],
     "hist_dropout": [0.0, 0.2],
+    # interests from the last W behaviours only: MovieLens (users rate films in sessions)
+    # valid HR@50 0.325 -> 0.383 for MIND-K with W = 20 (README, Real data)
+    "history_window": [0, 20],
     "n_interests": [2, 4, 6],
     "routing_sigma": [0.3, 1.0],
     "routing_init_scale": [1.0, 4.0],

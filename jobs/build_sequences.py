@@ -487,32 +487,20 @@ def quarantine(raw: DataFrame, window_start: str) -> tuple[DataFrame, dict[str |
 
 def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int],
                            cfg: PrepConfig) -> tuple[DataFrame, DataFrame, dict[str, int]]:
-    """(distinct, kept) events, the first persisted (kept reads from it), and the row
-    accounting input = kept + quarantined + duplicates + filtered, checked."""
+    """(distinct, kept) events, both persisted, and the row accounting
+    input = kept + quarantined + duplicates + filtered, checked."""
     # One shuffle by user serves the duplicate removal (its keys include user_id), the user
-    # filter's count and join, and the items table's join with the users: Spark plans no
+    # filter's count and semi-join, and the items table's join with the users: Spark plans no
     # further exchange of all events for them (checked in tests/test_build_sequences.py)
     valid = (annotated.where(F.col("reason").isNull())
              .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS)
              .repartition("user_id"))
-    distinct = valid.dropDuplicates(EVENT_COLUMNS)
-    if cfg.rare_items == "drop":  # the paper's filter: items first, then users, in rounds
-        distinct = distinct.persist(StorageLevel.MEMORY_AND_DISK)
-        n_distinct = distinct.count()
-        kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
-                           min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds,
-                           drop_items=True).persist(StorageLevel.MEMORY_AND_DISK)
-        n_kept = kept.count()
-    else:
-        # one cached copy of the events, each with its user's event count: both counts
-        # and the kept events are scans of it (filter_rare's user filter, without a
-        # second cached copy)
-        per_user = distinct.groupBy("user_id").agg(F.count(F.lit(1)).alias("_user_events"))
-        distinct = distinct.join(per_user, "user_id").persist(StorageLevel.MEMORY_AND_DISK)
-        n_distinct = distinct.count()
-        kept = (distinct.where(F.col("_user_events") >= cfg.min_user_count)
-                .select(*EVENT_COLUMNS))
-        n_kept = kept.count()
+    distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
+    n_distinct = distinct.count()
+    kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
+                       min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds,
+                       drop_items=cfg.rare_items == "drop").persist(StorageLevel.MEMORY_AND_DISK)
+    n_kept = kept.count()
     n_valid = by_reason.get(None, 0)
     counts = {
         "input": sum(by_reason.values()),
