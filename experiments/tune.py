@@ -17,11 +17,12 @@ between a user's active interests, over valid users with K'_u >= 2, above
 the failure docs/MODEL.md warns about, and valid HR alone would pick it (Amazon Beauty:
 sigma = 0.1 scored best on valid with cosine 0.96).
 
-Writes OUT/settings.json: {"chosen": {field: value}, "variant", "valid_hr@50", "trials":
-[{"params", "valid_hr@50", "best_epoch", "interest_cosine", "rejected"}...], "grid",
-"rule", "data", "budget"} (and settings.md). `mind_model.train --settings
-OUT/settings.json` trains with the chosen values, and the daily DAG takes them from
-MIND_TRAIN_SETTINGS (`mind_model.train.load_settings` reads it).
+Writes OUT/settings.json: {"chosen": {field: value}, "fixed": {field: value} (the --set
+values of the recipe, e.g. cosine_temperature; not the budget), "variant", "valid_hr@50",
+"trials": [{"params", "valid_hr@50", "best_epoch", "interest_cosine", "rejected"}...],
+"grid", "rule", "data", "budget", "common"} (and settings.md). `mind_model.train --settings
+OUT/settings.json` trains with the fixed and the chosen values, and the daily DAG takes
+them from MIND_TRAIN_SETTINGS (`mind_model.train.load_settings` reads it).
 """
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ GRID: dict[str, list[Any]] = {
     "routing_iters": [3, 6],
     "pow_p": [math.inf, 1.0],
 }
+# The --set values that are the recipe (model and optimiser settings) go into the settings
+# file next to the chosen ones; the budget and the machine's settings do not.
+NOT_RECIPE = {"data_dir", "out_dir", "variant", "epochs", "steps_per_epoch", "max_steps", "seed",
+              "eval_every_epoch", "eval_split", "eval_users", "patience", "min_samples",
+              "test_at_end", "warm_start_from", "resume", "save_every_steps",
+              "save_every_minutes", "log_every", "threads", "device", "reader_workers",
+              "progress", "dist_timeout_min", "tracking"}
 ROUTING_ONLY = {"n_interests", "routing_sigma", "routing_init_scale", "routing_iters", "pow_p"}
 
 
@@ -159,6 +167,9 @@ def tune(seq_dir: Path | str, out_dir: Path | str, *, variant: str = "mind",
               "budget": {k: getattr(defaults, k) for k in (
                   "epochs", "patience", "min_samples", "max_steps", "seed", "eval_users")},
               "common": common,
+              # what every trial was trained with (--set): training with the file repeats
+              # the chosen trial's recipe, not the defaults with the chosen values
+              "fixed": {k: v for k, v in common.items() if k not in NOT_RECIPE},
               "rule": f"best valid HR@50 among runs whose interests are not collapsed (mean "
                       f"pairwise cosine <= {max_cosine})"}
     write_json(out_dir / "settings.json", result, sort_keys=False)

@@ -599,17 +599,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_settings(path: Path | str) -> dict[str, Any]:
-    """The chosen settings of a settings.json written by `experiments.tune`."""
+    """The settings of a settings.json written by `experiments.tune`: the values every
+    trial was trained with ("fixed", e.g. --set cosine_temperature=0.1) and the chosen ones
+    on top."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no settings file (write one with experiments.tune)")
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("chosen"), dict):
         raise ValueError(f"{path}: not a settings file of experiments.tune (no 'chosen')")
-    unknown = set(data["chosen"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {**data.get("fixed", {}), **data["chosen"]}
+    unknown = set(settings) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-    return dict(data["chosen"])
+    return settings
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:

@@ -44,11 +44,17 @@ def test_tune_chooses_the_best_valid_run_and_rejects_collapsed_interests(seq_dir
 
     written = json.loads((tmp_path / "settings.json").read_text())
     assert written["chosen"] == res["chosen"] and (tmp_path / "settings.md").is_file()
-    assert load_settings(tmp_path / "settings.json") == res["chosen"]
+    # the recipe every trial shared (--set) comes with the chosen values; the budget not
+    recipe = {"embed_dim": 8, "tower_hidden": [16], "profile_dim": 4, "n_neg": 64,
+              "batch_size": 64, "lr": 3e-3, "shuffle_buffer": 1024}
+    assert written["fixed"] == recipe
+    assert load_settings(tmp_path / "settings.json") == {**recipe, **res["chosen"]}
     args = parse_args(["--data-dir", "d", "--out-dir", "o", "--settings",
                        str(tmp_path / "settings.json"), "--lr", "0.01"])
     for k, v in res["chosen"].items():
         assert args[k] == v
+    assert args["embed_dim"] == 8 and args["n_neg"] == 64  # trained so: not the defaults
+    assert args["max_steps"] != TINY["max_steps"] and args["epochs"] != TINY["epochs"]
     assert args["lr"] == 0.01  # an explicit flag wins over the file
 
     # the collapse rule: with a bound below every run's cosine all are rejected and the
