@@ -96,3 +96,15 @@ def test_shipped_review_data_settings_train_as_written():
     cfg = TrainConfig(**parse_args(["--data-dir", "d", "--out-dir", "o", "--settings", str(path)]))
     assert (cfg.cosine_temperature, cfg.hist_dropout) == (0.1, 0.2)
     assert cfg.cosine_scores and cfg.softmax_scale == cfg.logit_scale / 0.1
+
+
+def test_shipped_movielens_settings_carry_the_fixed_recipe():
+    """The MovieLens file holds the tuner's choice and the values every trial shared: a run
+    from it has the window, K = 3 and cosine scores, not the defaults plus the choice."""
+    from mind_model.train import TrainConfig, load_settings, parse_args
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "settings" / "movielens.json"
+    assert load_settings(path) == {"cosine_temperature": 0.1, "hist_dropout": 0.2,
+                                   "history_window": 20, "n_interests": 3}
+    cfg = TrainConfig(**parse_args(["--data-dir", "d", "--out-dir", "o", "--settings", str(path)]))
+    assert (cfg.history_window, cfg.n_interests, cfg.cosine_temperature) == (20, 3, 0.1)
