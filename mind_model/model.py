@@ -77,12 +77,13 @@ def behaviour_mask(hist: Tensor, hist_len: Tensor) -> Tensor:
 def recent_behaviours(hist: Tensor, hist_len: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """The last `window` behaviours of each row, still oldest first and right-padded:
     ((B, W), (B,)) with W = window. Unchanged when window is 0 or >= L."""
-    B, L = hist.shape
+    L = hist.shape[1]
     if window <= 0 or window >= L:
         return hist, hist_len
-    n = hist_len.long().clamp(min=0, max=window)  # (B,) behaviours kept
+    hist_len = hist_len.long()
+    n = hist_len.clamp(min=0, max=window)  # (B,) behaviours kept
     slot = torch.arange(window, device=hist.device)  # (W,)
-    pos = (hist_len.long() - n)[:, None] + slot[None, :]  # (B, W) source positions
+    pos = (hist_len - n)[:, None] + slot[None, :]  # (B, W) source positions
     kept = hist.gather(1, pos.clamp(max=L - 1))  # (B, W)
     return kept.masked_fill(slot[None, :] >= n[:, None], PAD_IDX), n
 

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -341,10 +342,8 @@ def test_failed_write_leaves_previous_output(spark, built, monkeypatch):
     assert os.path.exists(out / "stats.json")
 
 
-
 def _shuffle_keys(df) -> list[list[str]]:
     """The partitioning columns of each shuffle (Exchange) in df's physical plan."""
-    import re
     plan = df._jdf.queryExecution().executedPlan().toString()
     keys = re.findall(r"Exchange hashpartitioning\(([^)]*)\)", plan)
     return [[re.sub(r"#\d+L?$", "", k.strip()) for k in ks.split(",")][:-1] for ks in keys]

@@ -48,8 +48,6 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO_ROOT)
 
 
-
-
 def assert_one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
     """Exit 2, no traceback, and a last stderr line `error: ...` naming each of `names`."""
     no_traceback(r.stdout + r.stderr)
@@ -59,8 +57,6 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
     for name in names:
         assert name in line, (name, line)
     return line
-
-
 
 
 def read_events(out: Path) -> pd.DataFrame:
