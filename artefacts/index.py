@@ -448,13 +448,91 @@ def multi_interest_search(index: faiss.Index, vectors: Sequence[np.ndarray], n: 
 
 
 def exact_topk(item_vectors: np.ndarray, item_ids: np.ndarray, queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top k by inner product: (Q, k') scores and item ids, k' = min(k, N)."""
-    k = max(1, min(k, len(item_ids)))
-    D, pos = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
-                       np.ascontiguousarray(item_vectors, dtype=np.float32), k,
-                       metric=faiss.METRIC_INNER_PRODUCT)
-    return D, np.where(pos >= 0, np.asarray(item_ids, dtype=np.int64)[np.maximum(pos, 0)], -1)
+               k: int, *, item_block: int = 4096, query_block: int = 256
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top k by inner product: (Q, k') scores (descending) and item ids,
+    k' = min(k, N).
+
+    Exact, but most scores never reach a top-k structure: per block of queries a
+    threshold below each query's k-th best score is read off a strided sample of the
+    items, one pass of GEMMs keeps only the scores above it (~1.5 k per query), and those
+    are sorted, equal scores in item order. faiss.knn alone spends ~80 % of its time
+    pushing every score through a per-query selection (1,000 queries x 250k items x
+    d 64, 1 thread: 2.35 s against 0.45 s of GEMM; this: 0.85 s). A query whose threshold
+    kept fewer than k scores (the sample overestimated it: rare) is answered by faiss.knn,
+    as are small inputs and k < 256 (where the sample would be most of the items).
+    Memory: one block of queries x (sample or item block) of float32 scores.
+    """
+    x = np.ascontiguousarray(item_vectors, dtype=np.float32)  # (N, D)
+    q = np.ascontiguousarray(queries, dtype=np.float32)       # (Q, D)
+    ids = np.asarray(item_ids, dtype=np.int64)
+    n = len(ids)
+    k = max(1, min(k, n))
+    if k < 256 or n < 16 * k or len(q) * n < 1 << 22:  # faiss.knn is as fast there
+        return _knn(q, x, ids, k)
+    D = np.empty((len(q), k), np.float32)
+    I = np.empty((len(q), k), np.int64)
+    for q0 in range(0, len(q), query_block):
+        D[q0:q0 + query_block], I[q0:q0 + query_block] = _topk_above_threshold(
+            q[q0:q0 + query_block], x, ids, k, item_block)
+    return D, I
+
+
+def _knn(q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    D, pos = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return D, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+
+
+def _topk_above_threshold(q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int,
+                          item_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_topk` for one block of queries (Q, D) over every item (N, D)."""
+    n = len(x)
+    # the sample's r-th best score estimates the ~1.5 k-th best of all items; r >= 64
+    # keeps the estimate's relative spread near 1/8, so it is rarely above the k-th best
+    m = min(n, 1 << 16, max(4096, math.ceil(64 * n / (1.5 * k))))
+    step = n // m
+    r = min(m, max(64, math.ceil(1.5 * k * m / n)))
+    sample_scores = q @ x[::step][:m].T                                    # (Q, m)
+    threshold = -np.partition(-sample_scores, r - 1, axis=1)[:, r - 1]     # (Q,)
+    del sample_scores
+    rows, cols, scores = [], [], []
+    for start in range(0, n, item_block):
+        s = q @ x[start:start + item_block].T                              # (Q, B)
+        i, j = _true_positions(s >= threshold[:, None])
+        rows.append(i)
+        cols.append(j + start)
+        scores.append(s[i, j])
+    row, col, score = np.concatenate(rows), np.concatenate(cols), np.concatenate(scores)
+    # per query, scores descending, ties in item order: one stable sort of a 64-bit key
+    # (query, order-reversed float bits); candidates arrive in item order
+    order = np.argsort((row.astype(np.uint64) << np.uint64(32)) | _descending_bits(score),
+                       kind="stable")
+    count = np.bincount(row, minlength=len(q))                              # (Q,)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    take = order[np.minimum(first[:, None] + np.arange(k), len(order) - 1)]  # (Q, k)
+    D, I = score[take], ids[col[take]]
+    short = np.flatnonzero(count < k)
+    if len(short):  # the threshold was above the k-th best score: answer exactly anyway
+        D[short], I[short] = _knn(q[short], x, ids, k)
+    return D, I
+
+
+def _true_positions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a sparse 2-D bool array, 5x faster: scan it 8 bytes at a time."""
+    flat = mask.reshape(-1)
+    pad = -len(flat) % 8
+    words = np.flatnonzero(np.concatenate([flat, np.zeros(pad, bool)]).view(np.uint64)
+                           if pad else flat.view(np.uint64))
+    pos = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    pos = pos[pos < len(flat)]
+    return np.divmod(pos[flat[pos]], mask.shape[1])
+
+
+def _descending_bits(v: np.ndarray) -> np.ndarray:
+    """uint64 keys of float32 values whose ascending order is the values' descending order."""
+    b = v.astype(np.float32).view(np.uint32)
+    ascending = np.where(b >> np.uint32(31), ~b, b | np.uint32(1 << 31))
+    return (~ascending).astype(np.uint64)
 
 
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -53,6 +53,7 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_limits
 
 from artefacts import index as ix
 from artefacts.cli import run_main
@@ -208,7 +209,8 @@ def fill_shard_task(task: ShardTask) -> dict[str, Any]:
         faiss.write_index(shard, str(tmp))
     queries = np.load(work / QUERIES_FILE)  # (Q, D)
     if len(idx):
-        D, I = ix.exact_topk(vectors, idx, queries, task.k)
+        with threadpool_limits(task.threads or None):  # numpy's BLAS: the task's share too
+            D, I = ix.exact_topk(vectors, idx, queries, task.k)
     else:  # an empty shard answers nothing
         D, I = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     with atomic_path(work / EXACT_FILE.format(task.shard)) as tmp, open(tmp, "wb") as f:

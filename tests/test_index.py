@@ -39,6 +39,57 @@ def test_choose_factory_by_catalogue_size():
     assert ix.default_nlist(10) == 64 and ix.default_nlist(10**12) == 1 << 18
 
 
+def brute_topk(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int):
+    """Every score computed, sorted by (score desc, item order): the reference."""
+    scores = q.astype(np.float64) @ x.astype(np.float64).T  # (Q, N)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def integer_vectors(rng: np.random.Generator, n: int, scale: int = 9) -> np.ndarray:
+    """Small integers: float32 sums of products are exact whatever the GEMM's order, so
+    the reference is bit-exact, and equal scores (ties) are common."""
+    return rng.integers(-scale, scale + 1, (n, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, q, k", [(60_000, 300, 300), (20_000, 300, 1000), (5_000, 300, 256),
+                                     (50_000, 40, 1000)])
+def test_exact_topk_equals_brute_force_ties_in_item_order(n, q, k):
+    """The threshold path (the first two) and faiss.knn (small inputs: the last two)."""
+    rng = np.random.default_rng(n)
+    x, queries = integer_vectors(rng, n), integer_vectors(rng, q)
+    ids = rng.permutation(n).astype(np.int64) + 2
+    ref_D, ref_I = brute_topk(x, ids, queries, k)
+    D, I = ix.exact_topk(x, ids, queries, k, item_block=1000, query_block=128)
+    assert D.shape == I.shape == (q, k)
+    np.testing.assert_array_equal(D, ref_D)
+    if q * n >= 1 << 22:  # the threshold path orders equal scores by item
+        np.testing.assert_array_equal(I, ref_I)
+    for d, i, rd, ri in zip(D, I, ref_D, ref_I):  # either way: the same items above the k-th
+        above = d > d[-1]
+        assert set(i[above]) == set(ri[rd > rd[-1]])
+
+
+def test_exact_topk_stays_exact_when_the_sample_holds_the_best_items(monkeypatch):
+    """The threshold comes from every (n // m)-th item: put the best items exactly there,
+    so it lands above the k-th best score, and those queries must be answered anyway."""
+    n, k = 40_000, 300
+    rng = np.random.default_rng(3)
+    x, q = integer_vectors(rng, n), integer_vectors(rng, 200)
+    step = n // min(n, 1 << 16, max(4096, int(np.ceil(64 * n / (1.5 * k)))))
+    x[::step] *= 5  # the sample: every item it holds scores high
+    ids = np.arange(2, n + 2, dtype=np.int64)
+    answered_again = []
+    knn = ix._knn
+    monkeypatch.setattr(ix, "_knn", lambda q, *a: answered_again.append(len(q)) or knn(q, *a))
+    D, I = ix.exact_topk(x, ids, q, k)
+    assert sum(answered_again) > 100  # most queries' thresholds were too high
+    ref_D, ref_I = brute_topk(x, ids, q, k)
+    np.testing.assert_array_equal(D, ref_D)
+    for d, i, rd, ri in zip(D, I, ref_D, ref_I):
+        assert set(i[d > d[-1]]) == set(ri[rd > rd[-1]])
+
+
 def test_exact_index_equals_torch_brute_force():
     x, ids = clustered(3000)
     qs = users(50)
