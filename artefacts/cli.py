@@ -28,7 +28,8 @@ EXPECTED: tuple[type[BaseException], ...] = (
 
 
 class ExpectedError(RuntimeError):
-    """Base of the project's own expected failures that are not ValueErrors."""
+    """Base of the project's own expected failures that are not ValueErrors (a subclass
+    may set `exit_status`, e.g. 143 for a run stopped by SIGTERM)."""
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
@@ -50,7 +51,7 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
         if debug:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return USAGE_ERROR
+        return getattr(e, "exit_status", USAGE_ERROR)
 
 
 def one_line(e: BaseException) -> str:

@@ -10,11 +10,13 @@ and the benchmark.
   `exact_below` items, else "IVF{nlist},PQ{d}x4fs,RFlat" (an inverted file scanned with
   4-bit PQ fast scan, candidates re-ranked exactly; an HNSW coarse quantiser above 8192
   lists); any FAISS factory string can be given instead.
-- Sharding: item idx modulo N picks an item's shard; an IVF is trained once (on a
-  sample) and every shard is a copy of the trained, empty index (same centroids), so a
-  sharded search probes the same lists as an unsharded one and returns the same
-  results, and shards can be filled by separate workers (`train_template`,
-  `fill_shard`; the index job runs them in parallel).
+- Sharding: shard s of N holds rows [s n / N, (s + 1) n / N) of the catalogue in its
+  stored order (`shard_rows`; the index job plans the same runs over the items table's
+  Parquet row groups, so a shard's task decodes only its own rows). An IVF is trained
+  once (on a sample) and every shard is a copy of the trained, empty index (same
+  centroids), so a sharded search probes the same lists as an unsharded one and returns
+  the same results whichever items a shard holds, and shards can be filled by separate
+  workers (`train_template`, `fill_shard`; the index job runs them in parallel).
   `combine` searches shards together (`faiss.IndexShards`, results merged by score).
 - GPUs: `to_gpus` clones every shard across all GPUs (sharded) when faiss-gpu sees
   any; on faiss-cpu (0 GPUs) or if cloning fails it returns the CPU index.
@@ -131,11 +133,10 @@ def _new_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
-def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard of each item: item idx modulo the shard count. Item idx are dense
-    vocabulary positions, so shards get about N / n_shards items each, and a worker can
-    pick its items from any part of the catalogue without a global order."""
-    return np.asarray(ids, dtype=np.int64) % n_shards
+def shard_rows(n: int, n_shards: int) -> list[tuple[int, int]]:
+    """Shard s's rows [start, stop) of n: equal runs (+-1) in order, the rule of
+    `artefacts.row_spans.plan_spans`."""
+    return [(n * s // n_shards, n * (s + 1) // n_shards) for s in range(n_shards)]
 
 
 def training_size(factory: str, dim: int, train_size: int | None = None) -> int:
@@ -192,7 +193,8 @@ def build_shards(vectors: np.ndarray, ids: np.ndarray, factory: str, n_shards: i
                  train_size: int | None = None, seed: int = 0) -> list[faiss.Index]:
     """Build `n_shards` inner-product indexes holding (vectors, ids), in one process.
 
-    vectors: (N, D) float32; ids: (N,) int64 item idx (>= 2, unique), shard = `shard_of`.
+    vectors: (N, D) float32; ids: (N,) int64 item idx (>= 2, unique); shard s holds
+    the rows `shard_rows` gives it.
     Indexes that need training (IVF, PQ) are trained once, on at most
     `training_size` vectors drawn with `seed`, and copied empty into every shard. The
     index job does the same with the shards filled by parallel workers.
@@ -205,11 +207,9 @@ def build_shards(vectors: np.ndarray, ids: np.ndarray, factory: str, n_shards: i
     n_train = min(training_size(factory, vectors.shape[1], train_size), len(vectors))
     sample = np.sort(np.random.default_rng(seed).choice(len(vectors), n_train, replace=False))
     template = train_template(vectors[sample] if n_train else vectors[:0], factory, seed=seed)
-    where = shard_of(ids, n_shards)
     shards = []
-    for s in range(n_shards):
-        mine = where == s
-        shards.append(fill_shard(template, vectors[mine], ids[mine]))
+    for s, (start, stop) in enumerate(shard_rows(len(ids), n_shards)):
+        shards.append(fill_shard(template, vectors[start:stop], ids[start:stop]))
         log.info("shard %d/%d: %d items", s + 1, n_shards, shards[-1].ntotal)
     return shards
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from artefacts.row_spans import RowSpan, read_spans, row_group_rows
 from schemas import ITEM_EMBEDDINGS, USER_VECTORS
 
 
@@ -122,9 +123,38 @@ def _decode_item_batch(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np
     return idx, flat.reshape(len(idx), d), set(pc.unique(batch.column("model_version")).to_pylist())
 
 
-def count_items(path: Path | str) -> int:
-    """Rows of the items table (from Parquet footers: nothing is decoded)."""
-    return _dataset(path, ITEM_EMBEDDINGS).count_rows()
+def item_row_groups(path: Path | str) -> list[tuple[str, int, int]]:
+    """The items table's row groups in file order, (file relative to `path`, row group,
+    rows), from the Parquet footers: nothing is decoded. The plan of the index's shards."""
+    path = Path(path)
+    files = sorted(_dataset(path, ITEM_EMBEDDINGS).files)  # hidden / _ files skipped
+    return [(str(Path(f).relative_to(path)), g, rows)
+            for f in files for _, g, rows in row_group_rows(f)]
+
+
+def read_item_spans(path: Path | str, spans: Sequence[RowSpan], *, threads: bool = True,
+                    batch_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """The items in `spans` (files relative to `path`), sorted by item_idx: only their row
+    groups are decoded, one at a time. threads: False reads in this thread only.
+
+    Returns (idx (M,) int64, vectors (M, D) float32, model versions).
+    """
+    path = Path(path)
+    absolute = [RowSpan(str(path / s.file), s.row_group, s.start, s.stop) for s in spans]
+    parts = [_decode_item_batch(b) for b in read_spans(absolute, batch_rows,
+                                                       columns=_ITEM_COLUMNS,
+                                                       use_threads=threads)]
+    return _sorted_items(parts)
+
+
+def _sorted_items(parts: list[tuple[np.ndarray, np.ndarray, set]]
+                  ) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    versions = set().union(*(v for *_, v in parts))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), versions
+    idx, vectors = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    return idx[order], np.ascontiguousarray(vectors[order]), versions
 
 
 def read_item_part(path: Path | str, keep, *,
@@ -136,21 +166,13 @@ def read_item_part(path: Path | str, keep, *,
 
     Returns (idx (M,) int64, vectors (M, D) float32, model versions).
     """
-    idx_parts, vec_parts, versions = [], [], set()
+    parts = []
     for batch in _dataset(path, ITEM_EMBEDDINGS).to_batches(columns=_ITEM_COLUMNS,
                                                             use_threads=threads):
         mine = keep(batch.column("item_idx").to_numpy().astype(np.int64))
-        if not mine.any():
-            continue
-        idx, vectors, v = _decode_item_batch(batch if mine.all() else batch.filter(mine))
-        idx_parts.append(idx)
-        vec_parts.append(vectors)
-        versions |= v
-    if not idx_parts:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), versions
-    idx, vectors = np.concatenate(idx_parts), np.concatenate(vec_parts)
-    order = np.argsort(idx, kind="stable")
-    return idx[order], np.ascontiguousarray(vectors[order]), versions
+        if mine.any():
+            parts.append(_decode_item_batch(batch if mine.all() else batch.filter(mine)))
+    return _sorted_items(parts)
 
 
 def sample_item_vectors(path: Path | str, n: int, total: int,

@@ -4,7 +4,7 @@ task or a k8s pod), and by 1 process using every core (the job's default on one 
 
 The catalogue is written as the embedding job writes it (ITEM_EMBEDDINGS Parquet); each
 run trains nothing (the quantiser is trained once, timed separately) and does what the
-job does per shard: read its items (item idx mod shards), fill a copy of the trained
+job does per shard: read its run of rows (its row groups only), fill a copy of the trained
 index, write it, answer the recall gate's queries exactly over its items.
 
     python -m bench.bench_index_build [--items 1000000] [--shards 4]

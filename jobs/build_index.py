@@ -4,8 +4,9 @@
               and a random sample of users' vectors; no process reads the whole catalogue
     build     index type by catalogue size (or a factory string), trained once on the
               sample; then each of the N shards is filled by a task of its own
-              (`fill_shard_task`: its items = item idx mod N, read a batch at a time), run by
-              --workers processes: the build time falls with workers. Each task also
+              (`fill_shard_task`: its items = its run of the items table's rows, planned
+              from the Parquet footers, so that it decodes only its own row groups), run
+              by --workers processes: the build time falls with workers. Each task also
               computes the exact top N of the gate's users over its items.
     gate      the shards are written to a work folder, read back and searched like in
               serving (multi-interest, merged); recall@N of the sampled users against exact
@@ -59,8 +60,14 @@ from artefacts import index as ix
 from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import read_manifest
+from artefacts.row_spans import RowSpan, plan_spans
 from artefacts.storage import atomic_path, fresh_dir, publish_dir, staged_dir, write_json
-from artefacts.vectors import count_items, read_item_part, sample_item_vectors, sample_user_vectors
+from artefacts.vectors import (
+    item_row_groups,
+    read_item_spans,
+    sample_item_vectors,
+    sample_user_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +169,7 @@ class BuildPlan:
     n: int                  # N of the gate's recall@N = the exact top k per gate query
     dim: int
     n_shards: int
+    spans: list[list[list]]  # per shard, its rows: [[file in items/, row group, start, stop]]
     users: int              # users sampled for the gate
     config: dict[str, Any]  # the IndexConfig used (JSON values)
     started_at: float       # time.time() at the start of the build
@@ -170,6 +178,9 @@ class BuildPlan:
 
     def settings(self) -> IndexConfig:
         return IndexConfig(**self.config)
+
+    def shard_spans(self) -> list[tuple[RowSpan, ...]]:
+        return [tuple(RowSpan(*span) for span in shard) for shard in self.spans]
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,7 @@ class ShardTask:
     work_dir: str       # the build folder: template and gate queries in, shard out
     shard: int
     n_shards: int
+    spans: tuple[RowSpan, ...]  # the shard's rows of the items table (files relative to it)
     k: int              # exact top k per gate query
     threads: int = 0    # FAISS OpenMP threads; 0 = leave FAISS's default
     build_id: str = ""  # the plan's, written into the shard's done file
@@ -199,9 +211,8 @@ def fill_shard_task(task: ShardTask) -> dict[str, Any]:
         faiss.omp_set_num_threads(task.threads)
     work = Path(task.work_dir)
     (work / DONE_FILE.format(task.shard)).unlink(missing_ok=True)  # not whole until rewritten
-    idx, vectors, versions = read_item_part(
-        task.items_dir, lambda i: ix.shard_of(i, task.n_shards) == task.shard,
-        threads=task.threads != 1)
+    idx, vectors, versions = read_item_spans(task.items_dir, task.spans,
+                                             threads=task.threads != 1)
     check_version(task.items_dir, versions, task.model_version)
     shard = ix.fill_shard(faiss.read_index(str(work / TEMPLATE_FILE)), vectors, idx)
     path = work / ix.SHARD_FILE.format(task.shard)
@@ -248,15 +259,19 @@ def write_inputs(work_dir: Path, template: faiss.Index, queries: np.ndarray) -> 
     np.save(work_dir / QUERIES_FILE, np.ascontiguousarray(queries, dtype=np.float32))
 
 
-def fill_shards(items_dir: Path, model_version: str, work_dir: Path, n_shards: int, k: int,
-                workers: int, *, threads: int | None = None, build_id: str = "") -> None:
-    """Every shard's task, in `workers` processes, each with `threads` FAISS threads
-    (default: its share of the cores; 1 worker runs here with FAISS's default)."""
+def fill_shards(items_dir: Path, model_version: str, work_dir: Path,
+                spans: Sequence[tuple[RowSpan, ...]], k: int, workers: int, *,
+                threads: int | None = None, build_id: str = "") -> None:
+    """Every shard's task (shard s reads `spans[s]`), in `workers` processes, each with
+    `threads` FAISS threads (default: its share of the cores; 1 worker runs here with
+    FAISS's default)."""
+    n_shards = len(spans)
     workers = max(1, min(workers, n_shards))
     if threads is None:
         threads = 0 if workers == 1 else max(1, usable_cores() // workers)
-    run_shard_tasks([ShardTask(str(items_dir), model_version, str(work_dir), s, n_shards, k,
-                               threads, build_id) for s in range(n_shards)], workers)
+    run_shard_tasks([ShardTask(str(items_dir), model_version, str(work_dir), s, n_shards,
+                               spans[s], k, threads, build_id) for s in range(n_shards)],
+                    workers)
 
 
 def collect_shards(work_dir: Path, n_shards: int, k: int, build_id: str = ""
@@ -307,7 +322,8 @@ def build_files(items_dir: Path, model_version: str, template: faiss.Index,
     into `work_dir` (`fill_shards`); returns the shards' [{file, items, bytes, seconds}] and
     the exact top k of `queries` (Q, D) over all items. Only the shard files stay."""
     write_inputs(work_dir, template, queries)
-    fill_shards(items_dir, model_version, work_dir, n_shards, k, workers, threads=threads)
+    spans = plan_spans(item_row_groups(items_dir), n_shards)
+    fill_shards(items_dir, model_version, work_dir, spans, k, workers, threads=threads)
     files, exact = collect_shards(work_dir, n_shards, k)
     remove_scratch(work_dir, {f["file"] for f in files})
     return files, exact
@@ -331,7 +347,8 @@ def prepare(cfg: IndexConfig) -> tuple[BuildPlan, faiss.Index, np.ndarray, np.nd
     items_dir = emb_dir / "items"
 
     log.info("[1/4] counting items, sampling users' vectors from %s", emb_dir)
-    n_items = count_items(items_dir)
+    row_groups = item_row_groups(items_dir)  # footers only
+    n_items = sum(rows for *_, rows in row_groups)
     if n_items == 0:
         raise ValueError(f"{items_dir} holds no items")
     users = sample_user_vectors(emb_dir / "users", cfg.recall_users, cfg.seed)
@@ -357,7 +374,10 @@ def prepare(cfg: IndexConfig) -> tuple[BuildPlan, faiss.Index, np.ndarray, np.nd
     template = ix.train_template(sample, factory, seed=cfg.seed)
     plan = BuildPlan(
         build_id=uuid.uuid4().hex, ds=cfg.ds, model_version=version, factory=factory,
-        n_items=int(n_items), n=int(n), dim=int(dim), n_shards=cfg.n_shards, users=len(users),
+        n_items=int(n_items), n=int(n), dim=int(dim), n_shards=cfg.n_shards,
+        spans=[[[sp.file, sp.row_group, sp.start, sp.stop] for sp in shard]
+               for shard in plan_spans(row_groups, cfg.n_shards)],
+        users=len(users),
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         started_at=t0, planned_at=0.0, train_seconds=round(time.time() - t_build, 2))
     return plan, template, queries, offsets
@@ -448,7 +468,7 @@ def run(cfg: IndexConfig) -> dict[str, Any]:
     with staged_dir(final) as tmp:
         plan = write_plan(tmp, plan, template, queries, offsets)
         del template
-        fill_shards(layout.item_embeddings(cfg.ds), plan.model_version, tmp, plan.n_shards,
+        fill_shards(layout.item_embeddings(cfg.ds), plan.model_version, tmp, plan.shard_spans(),
                     plan.n, cfg.workers, build_id=plan.build_id)
         manifest = finish_build(tmp, plan)
     log_done(manifest, final)
@@ -472,8 +492,8 @@ def run_fill(cfg: IndexConfig, shard: int | None = None) -> dict[str, Any]:
     plan = read_plan(work, cfg)
     shard = shard_number(shard, plan.n_shards, work)
     return fill_shard_task(ShardTask(str(layout.item_embeddings(cfg.ds)), plan.model_version,
-                                     str(work), shard, plan.n_shards, plan.n,
-                                     build_id=plan.build_id))
+                                     str(work), shard, plan.n_shards, plan.shard_spans()[shard],
+                                     plan.n, build_id=plan.build_id))
 
 
 def shard_number(shard: int | None, n_shards: int, work_dir: Path) -> int:

@@ -31,7 +31,6 @@ be visible to the executors (as for every job's Parquet).
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import functools
 import logging
@@ -52,6 +51,7 @@ from pyspark.sql import SparkSession
 from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import model_version
+from artefacts.row_spans import RowSpan, plan_spans, read_spans, row_group_rows
 from artefacts.storage import staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
@@ -328,16 +328,6 @@ def task_summary(partition: int, file: str, users: int, by_k: np.ndarray, clock:
 # ------------------------------------------------------------------------------- extract
 
 
-@dataclass(frozen=True)
-class RowSpan:
-    """Rows [start, stop) of row group `row_group` of the Parquet file `file`."""
-
-    file: str
-    row_group: int
-    start: int
-    stop: int
-
-
 def extract(spark: SparkSession, seq_dir: Path) -> list[tuple[str, int, int]]:
     """The latest table's row groups in file order, (file, row group, rows), after its
     schema is checked. Footers are read by Spark tasks (one per file at most), not here."""
@@ -350,48 +340,9 @@ def extract(spark: SparkSession, seq_dir: Path) -> list[tuple[str, int, int]]:
     files = sorted(pads.dataset(str(path), format="parquet").files)  # hidden / _ files skipped
     if not files:
         return []
-    from jobs import embed_users as importable  # by name: see `transform`
-
     sc = spark.sparkContext
     return sc.parallelize(files, min(len(files), 4 * sc.defaultParallelism)).flatMap(
-        importable.row_group_rows).collect()
-
-
-def row_group_rows(file: str) -> list[tuple[str, int, int]]:
-    """[(file, row group, rows)] from one Parquet footer."""
-    meta = pq.ParquetFile(file).metadata
-    return [(file, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
-
-
-def plan_spans(groups: list[tuple[str, int, int]], partitions: int) -> list[list[RowSpan]]:
-    """Cut the row groups, in their order, into `partitions` runs of equal rows (+-1):
-    partition p owns the table's rows [p n / P, (p + 1) n / P). The same files give the
-    same plan, so a retried task reads the same rows."""
-    total = sum(rows for *_, rows in groups)
-    bounds = [total * p // partitions for p in range(partitions + 1)]
-    plans: list[list[RowSpan]] = [[] for _ in range(partitions)]
-    offset = 0
-    for file, group, rows in groups:
-        lo, hi = offset, offset + rows
-        p = bisect.bisect_right(bounds, lo) - 1  # the partition holding row lo
-        while p < partitions and bounds[p] < hi:
-            start, stop = max(lo, bounds[p]), min(hi, bounds[p + 1])
-            if stop > start:
-                plans[p].append(RowSpan(file, group, start - lo, stop - lo))
-            p += 1
-        offset = hi
-    return plans
-
-
-def read_spans(spans: list[RowSpan], batch_size: int, *,
-               columns: list[str] = LATEST_SEQUENCES.names) -> Iterator[pa.RecordBatch]:
-    """A task's rows as record batches of at most `batch_size` rows (LATEST_SEQUENCES'
-    columns), one row group in memory at a time."""
-    files: dict[str, pq.ParquetFile] = {}
-    for span in spans:
-        f = files.get(span.file) or files.setdefault(span.file, pq.ParquetFile(span.file))
-        table = f.read_row_group(span.row_group, columns=columns)
-        yield from table.slice(span.start, span.stop - span.start).to_batches(batch_size)
+        row_group_rows).collect()
 
 
 # ----------------------------------------------------------------------------- transform
@@ -401,8 +352,8 @@ def embed_task(part: Iterator[tuple[int, list[RowSpan]]], *, out_dir: str,
                **embed_kw: Any) -> Iterator[dict[str, Any]]:
     """One partition of the plan: read its rows, write its part file, yield its summary."""
     for _, spans in part:
-        for summary in write_users(read_spans(spans, embed_kw["batch_size"]), out_dir=out_dir,
-                                   **embed_kw):
+        batches = read_spans(spans, embed_kw["batch_size"], columns=LATEST_SEQUENCES.names)
+        for summary in write_users(batches, out_dir=out_dir, **embed_kw):
             yield summary.to_pylist()[0]
 
 

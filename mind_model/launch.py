@@ -2,7 +2,9 @@
 
 `run_training(cfg, nproc)` calls `train.train(cfg)` in this process, or on `nproc` local
 processes through torch's `elastic_launch` (gloo on CPU, nccl on GPUs), and returns rank
-0's result. Used by `experiments` (compare, sweep) and the training benchmark.
+0's result. Used by `experiments` (compare, sweep, tune) and the training benchmark. A run
+stopped by SIGTERM raises `TrainingStopped`, so a driver of several runs stops too instead
+of starting the next one.
 """
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ import os
 import uuid
 from typing import Any
 
+from artefacts.cli import ExpectedError
 from mind_model.train import TrainConfig, train
+
+SIGNAL_EXIT = 143  # 128 + SIGTERM, what `mind_model.train` exits with when stopped so
+
+
+class TrainingStopped(ExpectedError):
+    """A training run was stopped by a signal (it wrote last.pt): stop, start nothing else."""
+
+    exit_status = SIGNAL_EXIT
 
 
 def _train_worker(cfg: TrainConfig) -> dict:
@@ -27,6 +38,14 @@ def _train_worker(cfg: TrainConfig) -> dict:
 
 def run_training(cfg: TrainConfig, nproc: int = 1) -> dict[str, Any]:
     """train(cfg) here, or on `nproc` local processes; returns rank 0's result."""
+    result = _run(cfg, nproc)
+    if result.get("stopped") == "signal":
+        raise TrainingStopped(f"{cfg.out_dir}: training stopped by a signal (last.pt written); "
+                              f"no further run started")
+    return result
+
+
+def _run(cfg: TrainConfig, nproc: int) -> dict[str, Any]:
     if nproc <= 1:
         return train(cfg)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

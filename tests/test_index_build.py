@@ -12,7 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from artefacts import index as ix
-from artefacts.vectors import count_items, read_item_embeddings, read_item_part, sample_item_vectors
+from artefacts.row_spans import plan_spans
+from artefacts.vectors import (
+    item_row_groups,
+    read_item_embeddings,
+    read_item_spans,
+    sample_item_vectors,
+)
 from schemas import ITEM_EMBEDDINGS, USER_VECTORS
 from tests.conftest import assert_main_error
 
@@ -42,12 +48,14 @@ def write_items(folder: Path, x: np.ndarray, ids: np.ndarray, *, files: int,
     return folder
 
 
-def test_build_shards_deals_items_by_id_modulo():
+def test_build_shards_holds_equal_runs_of_the_rows():
     x, ids = catalogue(500)
-    shards = ix.build_shards(x, ids, "Flat", 3)
-    for s, shard in enumerate(shards):
+    shuffled = np.random.default_rng(0).permutation(len(ids))
+    shards = ix.build_shards(x[shuffled], ids[shuffled], "Flat", 3)
+    runs = np.split(ids[shuffled], [500 // 3, 1000 // 3])  # 166, 167, 167 rows
+    for shard, run in zip(shards, runs):
         held = faiss.vector_to_array(faiss.downcast_index(shard).id_map)
-        assert np.array_equal(np.sort(held), ids[ids % 3 == s])
+        assert np.array_equal(held, run)
 
 
 @pytest.mark.parametrize("n_shards", [1, 3, 7])
@@ -55,8 +63,7 @@ def test_shards_exact_answers_merged_equal_brute_force(n_shards):
     x, ids = catalogue(2000)
     queries = np.random.default_rng(1).standard_normal((40, D)).astype(np.float32)
     k = 50
-    where = ix.shard_of(ids, n_shards)
-    parts = [ix.exact_topk(x[where == s], ids[where == s], queries, k) for s in range(n_shards)]
+    parts = [ix.exact_topk(x[a:b], ids[a:b], queries, k) for a, b in ix.shard_rows(2000, n_shards)]
     got_D, got_I = ix.merge_topk(parts, k)
     # brute force in numpy over the whole catalogue
     scores = queries @ x.T
@@ -70,8 +77,7 @@ def test_users_hits_from_merged_parts_equal_exact_multi_interest():
     rng = np.random.default_rng(2)
     users = [rng.standard_normal((k, D)).astype(np.float32) for k in rng.integers(1, 5, 30)]
     queries, offsets = ix.flatten(users)
-    where = ix.shard_of(ids, 4)
-    parts = [ix.exact_topk(x[where == s], ids[where == s], queries, 30) for s in range(4)]
+    parts = [ix.exact_topk(x[a:b], ids[a:b], queries, 30) for a, b in ix.shard_rows(1500, 4)]
     got = ix.users_hits(*ix.merge_topk(parts, 30), offsets, 30)
     ref = ix.exact_multi_interest(x, ids, users, 30)
     for g, r in zip(got, ref):
@@ -81,13 +87,29 @@ def test_users_hits_from_merged_parts_equal_exact_multi_interest():
 def test_items_read_in_parts(tmp_path):
     x, ids = catalogue(1000)
     folder = write_items(tmp_path / "items", x, ids, files=3)
-    assert count_items(folder) == 1000
+    groups = item_row_groups(folder)
+    assert sum(rows for *_, rows in groups) == 1000
+    assert {f for f, *_ in groups} == {p.name for p in folder.glob("*.parquet")}  # relative
     whole = read_item_embeddings(folder)
     assert np.array_equal(whole.item_idx, ids) and np.array_equal(whole.vectors, x)
-    for s in range(3):
-        idx, v, versions = read_item_part(folder, lambda i, s=s: i % 3 == s)
-        assert np.array_equal(idx, ids[ids % 3 == s]) and np.array_equal(v, x[ids % 3 == s])
+    # write_items stores the rows in a shuffled order: each part comes back sorted by idx
+    order = pq.read_table(folder, columns=["item_idx"]).column("item_idx").to_numpy()
+    for (a, b), spans in zip(ix.shard_rows(1000, 3), plan_spans(groups, 3)):
+        idx, v, versions = read_item_spans(folder, spans)
+        mine = np.sort(order[a:b])
+        assert np.array_equal(idx, mine) and np.array_equal(v, x[np.searchsorted(ids, mine)])
         assert versions == {"v1"}
+
+
+def test_a_part_decodes_only_its_own_files(tmp_path):
+    x, ids = catalogue(600)
+    folder = write_items(tmp_path / "items", x, ids, files=2)  # 300 rows each
+    first, second = plan_spans(item_row_groups(folder), 2)
+    (folder / "part-00001.parquet").write_bytes(b"not parquet")  # the second half, broken
+    idx, _, _ = read_item_spans(folder, first)
+    assert len(idx) == 300
+    with pytest.raises(Exception, match="part-00001"):
+        read_item_spans(folder, second)
 
 
 def test_training_sample_is_seeded_and_independent_of_the_files(tmp_path):
@@ -115,7 +137,7 @@ def test_build_files_writes_the_shards_and_the_exact_answers(tmp_path):
     work.mkdir()
     template = ix.train_template(x[:0], "Flat")
     files, (got_D, got_I) = build_files(folder, "v1", template, queries, 20, work, 4, 1)
-    assert [f["items"] for f in files] == [int((ids % 4 == s).sum()) for s in range(4)]
+    assert [f["items"] for f in files] == [b - a for a, b in ix.shard_rows(900, 4)]
     assert sorted(p.name for p in work.iterdir()) == [f["file"] for f in files]  # no scratch
     ref_D, ref_I = ix.exact_topk(x, ids, queries, 20)
     assert np.array_equal(got_I, ref_I)
@@ -229,8 +251,9 @@ def test_fill_takes_the_shard_from_the_indexed_job(tmp_path, capsys, monkeypatch
     work = build_folder(root)
     assert sorted(p.name for p in work.glob("shard-*")) == ["shard-001.faiss"]
     held = _ids_of(work / "shard-001.faiss")
-    _, ids = catalogue(3000, seed=3)
-    assert np.array_equal(np.sort(held), ids[ids % 3 == 1])
+    stored = pq.read_table(root / "embeddings" / f"ds={DS}" / "items",  # in file order
+                           columns=["item_idx"]).column("item_idx").to_numpy()
+    assert np.array_equal(np.sort(held), np.sort(stored[1000:2000]))  # rows of shard 1 of 3
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
     line = build_error(capsys, root, "--stage", "fill")
     assert "--shard 3 is out of range" in line and str(work) in line

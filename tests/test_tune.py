@@ -64,6 +64,42 @@ def test_tune_chooses_the_best_valid_run_and_rejects_collapsed_interests(seq_dir
     assert res["chosen_rejected"]
 
 
+@pytest.mark.spark
+def test_a_stop_signal_stops_the_search_not_only_the_current_run(seq_dir, tmp_path):
+    """SIGTERM during the first trial: that run writes last.pt and stops, and the tuner
+    exits 143 without starting the next trial or writing a settings file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [f"--set={k}={v}" for k, v in {**TINY, "tower_hidden": 16}.items()
+            if k not in ("epochs", "max_steps")]
+    cmd = [sys.executable, "-m", "experiments.tune", "--data", str(seq_dir), "--out",
+           str(tmp_path / "out"), "--grid", '{"n_interests": [2]}', "--set=epochs=1000",
+           "--set=max_steps=100000", *sets]
+    log_path = tmp_path / "tune.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while " step " not in log_path.read_text():  # training: the handler is installed
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, "no training step within 300 s"
+                time.sleep(0.5)
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=300) == 143, log_path.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log_path.read_text()
+    assert "training stopped by a signal" in text
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    assert runs == ["defaults"] and (tmp_path / "out" / "runs" / "defaults" / "last.pt").is_file()
+    assert not (tmp_path / "out" / "settings.json").exists()
+
+
 def test_daily_plan_takes_the_settings_file(tmp_path):
     from orchestration.config import PipelineConfig
     from orchestration.steps import plan_training
