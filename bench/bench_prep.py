@@ -73,7 +73,8 @@ def run_job(raw: Path, data_root: Path, driver_memory: str, checkout: Path,
     out = data_root / "sequences" / f"ds={END_DS}"
     stats = json.loads((out / "stats.json").read_text())
     return {"seconds": run.seconds, "peak_rss_bytes": run.peak_rss_bytes, "stats": stats,
-            "cpu_seconds": run.cpu_seconds,
+            "cpu_seconds": run.cpu_seconds, "peak_pss_bytes": run.peak_pss_bytes,
+            "at_peak": run.at_peak,
             "bytes": folder_bytes(out), "train_bytes": folder_bytes(out / "train"),
             "profile": profile(output)}
 
@@ -94,6 +95,10 @@ def result_row(n: int, gen_s: float, raw_bytes: int, variant: str, checkout: Pat
     c = r["stats"]["counts"]
     return {**row, "events_per_second": round(n / r["seconds"]),
             "cpu_seconds": round(r["cpu_seconds"], 1),
+            "peak_pss_gib": round(r["peak_pss_bytes"] / 2**30, 2),
+            "processes_at_peak_gib": {f"{p['name']} ({p['pid']})": [
+                round(p["rss_bytes"] / 2**30, 2), round(p["pss_bytes"] / 2**30, 2)]
+                for p in r["at_peak"]},  # [rss, pss]
             "bytes_written_per_event": round(r["bytes"] / n, 1),
             "train_bytes_per_raw_byte": round(r["train_bytes"] / raw_bytes, 3),
             "raw_bytes_per_event": round(raw_bytes / n, 1),
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{n:>12,} events [{label} {row['commit']}]: {row['job_seconds']:>7.1f}s "
                           f"({row['cpu_seconds']:.0f} CPU s) "
                           f"{row['events_per_second']:>9,} events/s  peak "
-                          f"{row['peak_rss_gib']:.2f} GiB  {row['bytes_written_per_event']:.1f} "
+                          f"{row['peak_rss_gib']:.2f} GiB (PSS {row['peak_pss_gib']:.2f})  "
+                          f"{row['bytes_written_per_event']:.1f} "
                           f"B/event written (train {row['train_bytes_per_raw_byte']:.2f}x raw) "
                           f"-> {row['train_samples']:,} train samples", flush=True)
                 shutil.rmtree(root, ignore_errors=True)
