@@ -405,11 +405,29 @@ def read_plan(work_dir: Path, cfg: IndexConfig) -> BuildPlan:
     except TypeError:  # fields added or dropped since it was written
         raise ValueError(f"{path} is not a plan of this version: run `--stage plan` again") \
             from None
+    conflicts = plan_conflicts(cfg, plan)
+    if conflicts:  # fill and finish use the plan's: a different flag would be ignored
+        raise ValueError(f"{path} was planned with {', '.join(conflicts)}: fill and finish "
+                         f"take every setting from the plan (drop the flag, or plan again)")
     version = embeddings_version(DataLayout(cfg.data_root), cfg.ds)
     if (plan.ds, plan.model_version) != (cfg.ds, version):
         raise ValueError(f"{work_dir}: the plan is for ds={plan.ds}, model {plan.model_version}, "
                          f"not ds={cfg.ds}, model {version}: run `--stage plan` again")
     return plan
+
+
+def plan_conflicts(cfg: IndexConfig, plan: BuildPlan) -> list[str]:
+    """'--FLAG X (given: Y)' for each setting given on this command line (not its default)
+    that differs from the plan's."""
+    default = IndexConfig(data_root=cfg.data_root, ds=cfg.ds)
+    out = []
+    for k, v in asdict(cfg).items():
+        if k in ("data_root", "ds", "workers") or v == getattr(default, k):
+            continue
+        if plan.config.get(k) != v:
+            flag = "--shards" if k == "n_shards" else f"--{k.replace('_', '-')}"
+            out.append(f"{flag} {plan.config.get(k)} (given: {v})")
+    return out
 
 
 def finish_build(work_dir: Path, plan: BuildPlan) -> dict[str, Any]:

@@ -302,6 +302,12 @@ def test_fill_and_finish_without_a_matching_plan_refuse(tmp_path, capsys):
                                                            "--shard", "0")
     # a plan for embeddings that were replaced since (another model) is refused
     assert build(root, "--stage", "plan") == 0
+    # a setting given to fill / finish that differs from the plan's is refused, not ignored
+    # (the plan's own values, as STAGED passes them to every stage, are fine)
+    line = build_error(capsys, root, "--stage", "fill", "--shard", "0", "--shards", "8",
+                       "--factory", "Flat")
+    assert "was planned with --shards 3 (given: 8), --factory IVF16,Flat (given: Flat)" in line
+    assert "--recall-n" in build_error(capsys, root, "--stage", "finish", "--recall-n", "5")
     emb = root / "embeddings" / f"ds={DS}" / "manifest.json"
     emb.write_text(json.dumps({"model_version": "v2"}))
     line = build_error(capsys, root, "--stage", "fill", "--shard", "0")
