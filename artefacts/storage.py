@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -119,6 +120,11 @@ def write_text(path: Path | str, text: str) -> None:
 def write_json(path: Path | str, obj: Any, *, sort_keys: bool = True) -> None:
     """Write JSON atomically (`atomic_path`), indented, with a final newline."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A job's settings dataclass as JSON values (paths as strings), for its manifest."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def remove_stale_temporaries(folder: Path | str, *, name: str | None = None,

@@ -61,7 +61,14 @@ from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import read_manifest
 from artefacts.row_spans import RowSpan, plan_spans
-from artefacts.storage import atomic_path, fresh_dir, publish_dir, staged_dir, write_json
+from artefacts.storage import (
+    atomic_path,
+    config_record,
+    fresh_dir,
+    publish_dir,
+    staged_dir,
+    write_json,
+)
 from artefacts.vectors import (
     item_row_groups,
     read_item_spans,
@@ -378,7 +385,7 @@ def prepare(cfg: IndexConfig) -> tuple[BuildPlan, faiss.Index, np.ndarray, np.nd
         spans=[[[sp.file, sp.row_group, sp.start, sp.stop] for sp in shard]
                for shard in plan_spans(row_groups, cfg.n_shards)],
         users=len(users),
-        config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        config=config_record(cfg),
         started_at=t0, planned_at=0.0, train_seconds=round(time.time() - t_build, 2))
     return plan, template, queries, offsets
 
@@ -419,10 +426,10 @@ def read_plan(work_dir: Path, cfg: IndexConfig) -> BuildPlan:
 def plan_conflicts(cfg: IndexConfig, plan: BuildPlan) -> list[str]:
     """'--FLAG X (given: Y)' for each setting given on this command line (not its default)
     that differs from the plan's."""
-    default = IndexConfig(data_root=cfg.data_root, ds=cfg.ds)
+    default = config_record(IndexConfig(data_root=cfg.data_root, ds=cfg.ds))
     out = []
-    for k, v in asdict(cfg).items():
-        if k in ("data_root", "ds", "workers") or v == getattr(default, k):
+    for k, v in config_record(cfg).items():
+        if k in ("data_root", "ds", "workers") or v == default[k]:
             continue
         if plan.config.get(k) != v:
             flag = "--shards" if k == "n_shards" else f"--{k.replace('_', '-')}"

@@ -23,7 +23,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 
 from artefacts.cli import run_main
 from artefacts.layout import check_ds
-from artefacts.storage import staged_dir, write_json
+from artefacts.storage import config_record, staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_files_agree, check_schema
@@ -585,7 +585,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         "train_chunks": per_split.get("train", {}).get("chunks", 0),
         "eval_samples": {s: split_counts.get(s, 0) for s in ("valid", "test")},
         "profiles_present": inputs.profiles is not None,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": config_record(cfg),
     }
 
     stage(f"writing {cfg.output_dir}")

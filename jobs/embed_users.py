@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,7 +52,7 @@ from artefacts.cli import run_main
 from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import model_version
 from artefacts.row_spans import RowSpan, plan_spans, read_spans, row_group_rows
-from artefacts.storage import staged_dir, write_json
+from artefacts.storage import config_record, staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_schema
@@ -487,7 +487,7 @@ def run(cfg: EmbedConfig, spark: SparkSession | None = None) -> dict[str, Any]:
                         "total": round(time.time() - t0, 2)},
             "users_per_second": round(n_users / max(users_s, 1e-9), 1),  # the users stage
             "profile": task_profile(tasks),
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "config": config_record(cfg),
         }
         stage("manifest")
         write_json(tmp / MANIFEST, manifest)
