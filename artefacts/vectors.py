@@ -190,6 +190,14 @@ def sample_item_vectors(path: Path | str, n: int, total: int,
     return read_item_part(path, keep)
 
 
+def spread_order(item_idx: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random permutation of the items (by a hash of item_idx): the order the
+    embedding job writes them in, so that any run of rows is a uniform sample of the
+    catalogue. The index's shards are runs of rows; in item_idx order (most frequent first
+    within each day's new ids) one shard would hold the most popular items."""
+    return np.argsort(_mix64(np.asarray(item_idx).astype(np.uint64)), kind="stable")
+
+
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a well-spread 64-bit hash of each value (wrapping uint64)."""
     with np.errstate(over="ignore"):

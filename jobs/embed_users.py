@@ -53,6 +53,7 @@ from artefacts.layout import MANIFEST, DataLayout
 from artefacts.pointer import model_version
 from artefacts.row_spans import RowSpan, plan_spans, read_spans, row_group_rows
 from artefacts.storage import config_record, staged_dir, write_json
+from artefacts.vectors import spread_order
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
 from jobs.validation import InputError, check_schema
@@ -395,12 +396,15 @@ def export_items(model, seq_dir: Path, out_dir: Path, *, version: str, ds: str,
                  chunk: int) -> dict[str, int]:
     """Embeddings of today's active items (ITEM_EMBEDDINGS) in one Parquet file: every
     item, rare ones and ones newer than the model included (`model` is extended to the
-    catalogue by `load_for_catalogue`; those items are embedded through their side ids)."""
+    catalogue by `load_for_catalogue`; those items are embedded through their side ids).
+    Rows in `spread_order`: each run of rows (an index shard) is a sample of every
+    popularity."""
     import torch
 
-    items = pq.read_table(Path(seq_dir) / "items", columns=["item_idx", "item_id"]
-                          ).sort_by("item_idx")
+    items = pq.read_table(Path(seq_dir) / "items", columns=["item_idx", "item_id"])
     idx = items.column("item_idx").to_numpy().astype(np.int64)
+    order = spread_order(idx)
+    items, idx = items.take(order), idx[order]
     if len(idx) and idx.max() >= model.n_catalogue:  # cannot happen after load_for_catalogue
         raise ValueError(f"{seq_dir}/items has ids beyond the model's catalogue")
     out_dir.mkdir(parents=True, exist_ok=True)

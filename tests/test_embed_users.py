@@ -145,6 +145,31 @@ def test_torch_threads_per_task_follow_spark_task_cpus(root, tmp_path):
     assert embed_users.QUICK_JIT in m["driver_java_options"]  # the JVM it started itself
 
 
+def test_items_are_written_in_spread_order_each_run_a_sample_of_every_popularity(root, tmp_path):
+    """The index's shards are runs of the items' rows: in item_idx order (most frequent
+    first) the first shard would hold the popular items. Rows stay whole: id, idx and
+    embedding of one item together."""
+    import torch
+
+    layout = DataLayout(root)
+    model = embed_users.load_for_catalogue(layout.model_file(DS), layout.sequences(DS))
+    embed_users.export_items(model, layout.sequences(DS), tmp_path / "items", version="v1",
+                             ds=DS, chunk=64)
+    got = pq.read_table(tmp_path / "items")
+    want = pq.read_table(layout.sequences(DS) / "items", columns=["item_idx", "item_id"])
+    idx = got.column("item_idx").to_numpy().astype(np.int64)
+    assert sorted(zip(idx.tolist(), got.column("item_id").to_pylist())) == sorted(
+        zip(want.column("item_idx").to_pylist(), want.column("item_id").to_pylist()))
+    with torch.no_grad():
+        ref = model.item_embeddings(torch.from_numpy(idx)).numpy()
+    np.testing.assert_allclose(np.stack(got.column("embedding").to_pylist()), ref, rtol=1e-6)
+    runs = np.array_split(idx, 4)  # 4 shards' rows
+    spread = idx.max() - idx.min()
+    assert all(abs(r.mean() - idx.mean()) < 0.1 * spread for r in runs)  # sorted: 0.375
+    assert all(r.min() - idx.min() < 0.1 * spread and idx.max() - r.max() < 0.1 * spread
+               for r in runs)
+
+
 def test_quick_jit_only_for_a_driver_the_job_starts(monkeypatch):
     key = "spark.driver.extraJavaOptions"
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
