@@ -47,7 +47,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -175,7 +175,6 @@ class BuildPlan:
     n_items: int
     n: int                  # N of the gate's recall@N = the exact top k per gate query
     dim: int
-    n_shards: int
     spans: list[list[list]]  # per shard, its rows: [[file in items/, row group, start, stop]]
     users: int              # users sampled for the gate
     config: dict[str, Any]  # the IndexConfig used (JSON values)
@@ -185,6 +184,10 @@ class BuildPlan:
 
     def settings(self) -> IndexConfig:
         return IndexConfig(**self.config)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.spans)
 
     def shard_spans(self) -> list[tuple[RowSpan, ...]]:
         return [tuple(RowSpan(*span) for span in shard) for shard in self.spans]
@@ -381,11 +384,10 @@ def prepare(cfg: IndexConfig) -> tuple[BuildPlan, faiss.Index, np.ndarray, np.nd
     template = ix.train_template(sample, factory, seed=cfg.seed)
     plan = BuildPlan(
         build_id=uuid.uuid4().hex, ds=cfg.ds, model_version=version, factory=factory,
-        n_items=int(n_items), n=int(n), dim=int(dim), n_shards=cfg.n_shards,
-        spans=[[[sp.file, sp.row_group, sp.start, sp.stop] for sp in shard]
+        n_items=int(n_items), n=int(n), dim=int(dim),
+        spans=[[list(astuple(sp)) for sp in shard]
                for shard in plan_spans(row_groups, cfg.n_shards)],
-        users=len(users),
-        config=config_record(cfg),
+        users=len(users), config=config_record(cfg),
         started_at=t0, planned_at=0.0, train_seconds=round(time.time() - t_build, 2))
     return plan, template, queries, offsets
 

@@ -14,9 +14,7 @@ import uuid
 from typing import Any
 
 from artefacts.cli import ExpectedError
-from mind_model.train import TrainConfig, train
-
-SIGNAL_EXIT = 143  # 128 + SIGTERM, what `mind_model.train` exits with when stopped so
+from mind_model.train import SIGNAL_EXIT, TrainConfig, train
 
 
 class TrainingStopped(ExpectedError):

@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("mind", "mind1", "youtube")
 SELECT_METRIC = "hr@50"  # the model kept as best.pt maximises this on the valid split
+SIGNAL_EXIT = 143  # 128 + SIGTERM: the exit status of a run stopped by SIGTERM (last.pt written)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -644,7 +645,7 @@ def _main(argv: list[str]) -> int:
         summary = {k: result[k] for k in ("step", "epoch", "stopped", "best_valid", "test",
                                           "last", "best", "metrics") if k in result}
         print(json.dumps(summary, indent=2, default=str))
-    return 143 if result["stopped"] == "signal" else 0
+    return SIGNAL_EXIT if result["stopped"] == "signal" else 0
 
 
 if __name__ == "__main__":
