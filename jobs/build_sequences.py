@@ -229,34 +229,23 @@ def annotate_quarantine(events: DataFrame, window_start: str) -> DataFrame:
     return events.withColumn("reason", reason)
 
 
-def drop_rare_items(events: DataFrame, *, min_item_count: int, min_user_count: int,
-                    rounds: int) -> DataFrame:
-    """The paper's filter: `rounds` passes of items-then-users, without the last pass's user
-    filter (the caller applies it with `with_user_events`).
+def filter_rare(events: DataFrame, *, min_item_count: int, min_user_count: int,
+                rounds: int, drop_items: bool) -> DataFrame:
+    """Drop users with too few interactions; with `drop_items`, first items too (the
+    paper's filter, `rounds` item-then-user passes).
 
-    By default (`--rare-items keep`) this is not called: rare items stay in histories, as
-    targets and in the catalogue. They share the unknown id's embedding and are told apart
-    by their side features (`id_embedding` in the items table), so an item launched
-    yesterday can be retrieved today."""
-    for r in range(rounds):
-        if r:
-            users = (events.groupBy("user_id").count()
-                     .where(F.col("count") >= min_user_count).select("user_id"))
-            events = events.join(users.hint("shuffle_hash"), "user_id", "left_semi")
-        items = (events.groupBy("item_id").count()
-                 .where(F.col("count") >= min_item_count).select("item_id"))
-        events = events.join(items, "item_id", "left_semi")
+    By default rare items stay: in histories, as targets and in the catalogue. They share
+    the unknown id's embedding and are told apart by their side features (`id_embedding`
+    in the items table), so an item launched yesterday can be retrieved today."""
+    for _ in range(rounds if drop_items else 1):
+        if drop_items:
+            items = (events.groupBy("item_id").count()
+                     .where(F.col("count") >= min_item_count).select("item_id"))
+            events = events.join(items, "item_id", "left_semi")
+        users = (events.groupBy("user_id").count()
+                 .where(F.col("count") >= min_user_count).select("user_id"))
+        events = events.join(users, "user_id", "left_semi")
     return events
-
-
-def with_user_events(events: DataFrame) -> DataFrame:
-    """events + `user_events`, the number of rows of the event's user.
-
-    A window per user, not a count joined back: the events are already partitioned by user,
-    so it costs a sort inside each partition and no second pass over a cache (10M events:
-    the de-duplication and user filter took 31 s this way, 48 s with a semi-join between
-    two cached tables; README, bench-prep)."""
-    return events.withColumn("user_events", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
 
 
 def with_idx(df: DataFrame, vocab: DataFrame, raw: str, out: str) -> DataFrame:
@@ -497,32 +486,20 @@ def quarantine(raw: DataFrame, window_start: str) -> tuple[DataFrame, dict[str |
 
 
 def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int],
-                           cfg: PrepConfig) -> tuple[list[DataFrame], DataFrame, dict[str, int]]:
-    """(the persisted frames, for the caller to release; the kept events; the row
-    accounting input = kept + quarantined + duplicates + filtered, checked)."""
+                           cfg: PrepConfig) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+    """(distinct, kept) events, both persisted, and the row accounting
+    input = kept + quarantined + duplicates + filtered, checked."""
     # One shuffle by user serves the duplicate removal (its keys include user_id), the user
-    # filter's window and the items table's join with the users: Spark plans no further
-    # exchange of all events for them (checked in tests/test_build_sequences.py)
+    # filter's count and semi-join, and the items table's join with the users: Spark plans no
+    # further exchange of all events for them (checked in tests/test_build_sequences.py)
     valid = (annotated.where(F.col("reason").isNull())
              .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS)
              .repartition("user_id"))
-    distinct = valid.dropDuplicates(EVENT_COLUMNS)
-    cached = []
-    if cfg.rare_items == "drop":  # the item rounds read the distinct events more than once
-        distinct = distinct.persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(distinct)
-        candidates = drop_rare_items(distinct, min_item_count=cfg.min_item_count,
-                                     min_user_count=cfg.min_user_count,
-                                     rounds=cfg.filter_rounds)
-    else:
-        candidates = distinct
-    # One cache of all events, the kept ones a filter over it: caching a second table of
-    # ~all events cost more than scanning the first (10M events: 17 s)
-    flagged = with_user_events(candidates).persist(StorageLevel.MEMORY_AND_DISK)
-    cached.append(flagged)
-    n_candidates = flagged.count()
-    n_distinct = distinct.count() if cfg.rare_items == "drop" else n_candidates
-    kept = flagged.where(F.col("user_events") >= cfg.min_user_count).select(*EVENT_COLUMNS)
+    distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
+    n_distinct = distinct.count()
+    kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
+                       min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds,
+                       drop_items=cfg.rare_items == "drop").persist(StorageLevel.MEMORY_AND_DISK)
     n_kept = kept.count()
     n_valid = by_reason.get(None, 0)
     counts = {
@@ -539,7 +516,7 @@ def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int
         raise InputError(
             f"no events left for ds={cfg.ds} after quarantine and filtering ({counts}); "
             f"lower min_item_count/min_user_count or check {cfg.events_root}")
-    return cached, kept, counts
+    return distinct, kept, counts
 
 
 def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
@@ -586,7 +563,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     window_start = cfg.window_days()[0]
     annotated, by_reason = quarantine(inputs.events, window_start)
     stage("de-duplicating and filtering")
-    cached, kept, counts = deduplicate_and_filter(annotated, by_reason, cfg)
+    distinct, kept, counts = deduplicate_and_filter(annotated, by_reason, cfg)
 
     stage("building vocabularies, users, items and sequences")
     out = transform(kept, inputs.profiles, inputs.prev_vocab, cfg)
@@ -613,7 +590,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
 
     stage(f"writing {cfg.output_dir}")
     load(out, annotated.where(F.col("reason").isNotNull()), train, counts, stats, cfg, stage, t0)
-    for df in (annotated, *cached, out["seqs"], *out["vocab"].values()):
+    for df in (annotated, distinct, kept, out["seqs"], *out["vocab"].values()):
         df.unpersist()
     log.info("ds=%s: %s -> %d train samples, %d users, %d items in %.1fs",
              cfg.ds, counts, n_train, n_users, stats["items"], stats["seconds"])
