@@ -216,7 +216,7 @@ def test_output_schemas_and_row_groups(built):
 
 
 def test_vocabulary_reserved_and_dense(built):
-    root, _, _ = built
+    root, _, stats = built
     out = root / "sequences" / f"ds={D2}"
     for name in ("user", "item", "category"):
         idx = sorted(r["idx"] for r in read(out / "vocab" / name))
@@ -234,6 +234,10 @@ def test_vocabulary_reserved_and_dense(built):
     assert {k for k, v in items.items() if v["id_embedding"]} == \
         {k for k in items if train_counts.get(k, 0) >= 2}
     assert not items["rare1"]["id_embedding"] and items["i00"]["id_embedding"]
+    # stats.json counts the same table (read back after writing)
+    assert stats["items"] == len(items)
+    assert stats["items_sharing_unknown_id"] == \
+        sum(train_counts.get(k, 0) < 2 for k in items) > 0
 
 
 def test_rare_items_dropped_with_the_papers_filter(spark, tmp_path):
