@@ -3,8 +3,9 @@
     extract(spark, cfg)              the look-back window's raw partitions, the profiles and
                                      the vocabulary of the latest earlier ds
     quarantine(raw, window_start)    malformed rows annotated with the first rule they break
-    deduplicate_and_filter(...)      exact duplicates and rare items / users removed; every
-                                     input row accounted for
+    deduplicate_and_filter(...)      exact duplicates and rare items / users removed (one
+                                     shuffle by user, jobs.user_events); every input row
+                                     accounted for
     transform(events, ..., cfg)      vocabularies, users, items, split, training / evaluation /
                                      serving sequences (pure: DataFrames in, DataFrames out)
     load(outputs, ..., cfg)          every table + stats.json into a temporary folder,
@@ -37,6 +38,7 @@ from artefacts.layout import check_ds
 from artefacts.storage import config_record, staged_dir, write_json
 from jobs.progress import Stage
 from jobs.spark import add_spark_arguments, split_spark_arguments, start_spark
+from jobs.user_events import COUNT_COLUMN, distinct_events_with_counts
 from jobs.validation import InputError, check_files_agree, check_schema
 from jobs.vocab import extend_vocab
 from schemas import (
@@ -229,23 +231,34 @@ def annotate_quarantine(events: DataFrame, window_start: str) -> DataFrame:
     return events.withColumn("reason", reason)
 
 
-def filter_rare(events: DataFrame, *, min_item_count: int, min_user_count: int,
-                rounds: int, drop_items: bool) -> DataFrame:
-    """Drop users with too few interactions; with `drop_items`, first items too (the
-    paper's filter, `rounds` item-then-user passes).
+def drop_rare_items(events: DataFrame, *, min_item_count: int, min_user_count: int,
+                    rounds: int) -> DataFrame:
+    """The paper's filter: `rounds` passes that drop items, then users, with too few
+    interactions. `COUNT_COLUMN` is recounted: the user's events that remain.
 
-    By default rare items stay: in histories, as targets and in the catalogue. They share
-    the unknown id's embedding and are told apart by their side features (`id_embedding`
-    in the items table), so an item launched yesterday can be retrieved today."""
-    for _ in range(rounds if drop_items else 1):
-        if drop_items:
-            items = (events.groupBy("item_id").count()
-                     .where(F.col("count") >= min_item_count).select("item_id"))
-            events = events.join(items, "item_id", "left_semi")
+    Not the default: by default rare items stay (in histories, as targets and in the
+    catalogue), share the unknown id's embedding and are told apart by their side features
+    (`id_embedding` in the items table), so an item launched yesterday can be retrieved
+    today; only users with fewer than `min_user_count` events go."""
+    for _ in range(rounds):
+        items = (events.groupBy("item_id").count()
+                 .where(F.col("count") >= min_item_count).select("item_id"))
+        events = events.join(items, "item_id", "left_semi")
         users = (events.groupBy("user_id").count()
                  .where(F.col("count") >= min_user_count).select("user_id"))
         events = events.join(users, "user_id", "left_semi")
-    return events
+    return events.withColumn(COUNT_COLUMN,
+                             F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+
+
+def user_split(user_id, n_events, cfg: PrepConfig):
+    """The split of a user (column): a seeded hash of the raw id, so a user keeps its split
+    from day to day; a held-out user needs a behaviour before its target (n_events >= 2)."""
+    bucket = F.pmod(F.xxhash64(F.lit(cfg.seed), user_id), F.lit(cfg.split_buckets))
+    holdout_ok = n_events >= 2
+    return (F.when(holdout_ok & (bucket == 0), "test")
+            .when(holdout_ok & (bucket <= cfg.valid_buckets), "valid")
+            .otherwise("train"))
 
 
 def with_idx(df: DataFrame, vocab: DataFrame, raw: str, out: str) -> DataFrame:
@@ -296,19 +309,19 @@ def build_vocabularies(events: DataFrame, user_profiles: DataFrame | None,
     return vocab
 
 
-def item_table(events: DataFrame, vocab: dict[str, DataFrame], seqs: DataFrame,
-               min_item_count: int) -> DataFrame:
+def item_table(events: DataFrame, vocab: dict[str, DataFrame], cfg: PrepConfig) -> DataFrame:
     """ITEM_FEATURES: every kept item, its latest side ids, its interaction counts (all
     users, training users) and whether it gets its own id embedding."""
-    in_train = (F.col("split") == "train").cast("long")
+    # the event's user split from the event itself (user_id, n_events): no join with the users
+    in_train = (user_split(F.col("user_id"), F.col(COUNT_COLUMN), cfg) == "train").cast("long")
     # one aggregation, no sort: the latest event's side ids (ties: the larger category,
     # then brand, non-null first) are the max of (time, category, brand)
     latest = F.max(F.struct("event_time", "category_id", "brand_id"))
-    items = (events.join(seqs.select("user_id", "split"), "user_id", "left")
-             .groupBy("item_id")
+    items = (events.groupBy("item_id")
              .agg(latest.alias("latest"), F.count(F.lit(1)).alias("interactions"),
                   F.sum(in_train).alias("train_interactions"))
-             .withColumn("id_embedding", F.col("train_interactions") >= F.lit(min_item_count))
+             .withColumn("id_embedding",
+                         F.col("train_interactions") >= F.lit(cfg.min_item_count))
              .select("item_id", "latest.category_id", "latest.brand_id", "interactions",
                      "train_interactions", "id_embedding"))
     items = with_idx(items, vocab["item"], "item_id", "item_idx")
@@ -329,14 +342,7 @@ def user_sequences(events: DataFrame, vocab: dict[str, DataFrame],
             .withColumn("n_events", F.size("items").cast("long")))
     seqs = with_idx(seqs, vocab["user"], "user_id", "user_idx")
 
-    # Split by a seeded hash of the raw id: a user keeps its split from day to day.
-    bucket = F.pmod(F.xxhash64(F.lit(cfg.seed), F.col("user_id")), F.lit(cfg.split_buckets))
-    holdout_ok = F.col("n_events") >= 2  # a held-out user needs a behaviour before the target
-    seqs = seqs.withColumn(
-        "split",
-        F.when(holdout_ok & (bucket == 0), "test")
-        .when(holdout_ok & (bucket <= cfg.valid_buckets), "valid")
-        .otherwise("train"))
+    seqs = seqs.withColumn("split", user_split(F.col("user_id"), F.col("n_events"), cfg))
 
     if user_profiles is not None:
         seqs = seqs.join(user_profiles, "user_id", "left")
@@ -405,7 +411,7 @@ def transform(events: DataFrame, profiles: DataFrame | None,
     seqs = user_sequences(events, vocab, user_profiles, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     heldout = heldout_samples(seqs, cfg.max_len, cfg.seed)
     return {
-        "vocab": vocab, "items": item_table(events, vocab, seqs, cfg.min_item_count),
+        "vocab": vocab, "items": item_table(events, vocab, cfg),
         "users": seqs.select(*USERS.names),
         "seqs": seqs, "train": training_chunks(seqs, cfg.max_len, cfg.chunk_targets),
         "valid": heldout.where(F.col("split") == "valid").drop("split"),
@@ -487,20 +493,26 @@ def quarantine(raw: DataFrame, window_start: str) -> tuple[DataFrame, dict[str |
 
 def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int],
                            cfg: PrepConfig) -> tuple[DataFrame, DataFrame, dict[str, int]]:
-    """(distinct, kept) events, both persisted, and the row accounting
-    input = kept + quarantined + duplicates + filtered, checked."""
-    # One shuffle by user serves the duplicate removal (its keys include user_id), the user
-    # filter's count and semi-join, and the items table's join with the users: Spark plans no
-    # further exchange of all events for them (checked in tests/test_build_sequences.py)
+    """(distinct, kept) events with their user's event count (`COUNT_COLUMN`), and the row
+    accounting input = kept + quarantined + duplicates + filtered, checked.
+
+    One shuffle of all events by user and one pass over them remove the duplicates and
+    count each user's events (`jobs.user_events`); the distinct events are persisted once
+    and the kept ones are a filter over them (with the paper's item filter, persisted too).
+    """
     valid = (annotated.where(F.col("reason").isNull())
-             .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS)
-             .repartition("user_id"))
-    distinct = valid.dropDuplicates(EVENT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
-    n_distinct = distinct.count()
-    kept = filter_rare(distinct, min_item_count=cfg.min_item_count,
-                       min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds,
-                       drop_items=cfg.rare_items == "drop").persist(StorageLevel.MEMORY_AND_DISK)
-    n_kept = kept.count()
+             .withColumn("behavior", F.lower(F.trim("behavior"))).select(*EVENT_COLUMNS))
+    distinct = (distinct_events_with_counts(valid, EVENT_COLUMNS)
+                .persist(StorageLevel.MEMORY_AND_DISK))
+    enough = (F.col(COUNT_COLUMN) >= cfg.min_user_count)
+    n_distinct, n_kept = distinct.agg(F.count(F.lit(1)), F.sum(enough.cast("long"))).first()
+    kept = distinct.where(enough)
+    if cfg.rare_items == "drop":
+        kept = drop_rare_items(distinct.drop(COUNT_COLUMN), min_item_count=cfg.min_item_count,
+                               min_user_count=cfg.min_user_count, rounds=cfg.filter_rounds
+                               ).persist(StorageLevel.MEMORY_AND_DISK)
+        n_kept = kept.count()
+    n_kept = n_kept or 0  # sum over no rows is null
     n_valid = by_reason.get(None, 0)
     counts = {
         "input": sum(by_reason.values()),
