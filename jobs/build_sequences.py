@@ -546,6 +546,8 @@ def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
         write_table(out["latest"], tmp / "latest", LATEST_SEQUENCES, files=n_files(n_users, cfg))
         write_table(out["users"], tmp / "users", USERS, files=n_files(n_users, cfg))
         write_table(out["items"], tmp / "items", ITEM_FEATURES, files=1)
+        if not counts["quarantined"]:  # known empty: no second scan of every raw event
+            quarantined = quarantined.sparkSession.createDataFrame([], QUARANTINE.spark_schema())
         write_table(quarantined, tmp / "quarantine", QUARANTINE,
                     files=n_files(counts["quarantined"], cfg))
         vocab_sizes = {}

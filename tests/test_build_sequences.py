@@ -22,6 +22,7 @@ from schemas import (
     ITEM_FEATURES,
     LATEST_SEQUENCES,
     PAD_IDX,
+    QUARANTINE,
     RAW_EVENTS,
     TRAIN_CHUNKS,
     UNK_IDX,
@@ -303,6 +304,10 @@ def test_split_is_about_one_in_twenty_and_seeded(spark, tmp_path):
     assert 22 <= stats["users"]["test"] <= 78
     assert stats["users"]["valid"] == 0
     assert stats["users"]["train"] + stats["users"]["test"] == 1000
+    # clean logs: the quarantine table is written empty, with its schema
+    assert stats["counts"]["quarantined"] == 0
+    quarantine = pq.read_table(tmp_path / "sequences" / f"ds={D2}" / "quarantine")
+    assert quarantine.num_rows == 0 and quarantine.schema.names == QUARANTINE.names
 
 
 def test_missing_partition_names_path(spark, tmp_path):
