@@ -314,8 +314,9 @@ def item_table(events: DataFrame, vocab: dict[str, DataFrame], cfg: PrepConfig) 
     users, training users) and whether it gets its own id embedding."""
     # the event's user split from the event itself (user_id, n_events): no join with the users
     in_train = (user_split(F.col("user_id"), F.col(COUNT_COLUMN), cfg) == "train").cast("long")
-    # one aggregation, no sort: the latest event's side ids (ties: the larger category,
-    # then brand, non-null first) are the max of (time, category, brand)
+    # one aggregation: the latest event's side ids (ties: the larger category, then brand,
+    # non-null first) are the max of (time, category, brand). Spark sorts the events by item
+    # for a max over a struct (the table's cost: 14 s at 10M events, README)
     latest = F.max(F.struct("event_time", "category_id", "brand_id"))
     items = (events.groupBy("item_id")
              .agg(latest.alias("latest"), F.count(F.lit(1)).alias("interactions"),
