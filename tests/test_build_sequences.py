@@ -360,8 +360,9 @@ def _shuffle_keys(df) -> list[list[str]]:
 
 def test_one_shuffle_of_all_events_serves_dedup_and_user_filter(spark, tmp_path):
     """The kept events cost one exchange of all events, by user_id: the duplicate removal
-    (on all columns) and the user filter's count and semi-join reuse it instead of each
-    shuffling the events again (they did: by all columns, then by user)."""
+    (on all columns) and the user filter's count share it (one sorted pass per partition,
+    jobs.user_events) instead of each shuffling the events again (they did: by all
+    columns, then by user)."""
     make_logs(tmp_path)
     cfg = config(tmp_path)
     annotated, by_reason = bs.quarantine(bs.extract(spark, cfg).events, cfg.window_days()[0])
