@@ -62,27 +62,47 @@ def publish_dir(staged: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
+def _locked_temporary(final: Path, kind: str = "") -> Iterator[Path]:
+    """A fresh `_tmp-<final name>-<kind><id>` folder next to `final`, locked as in use for
+    as long as the context lasts (a killed run's folder is removed by the next run)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent, name=final.name)  # a killed run's leftovers
+    tmp = final.with_name(f"{TMP_PREFIX}{final.name}-{kind}{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    lock = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "in use": remove_stale_temporaries skips it
+        yield tmp
+    finally:
+        os.close(lock)
+
+
+@contextlib.contextmanager
 def staged_dir(final: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `final`; publish it on success.
 
     On any exception the temporary folder is removed and `final` is untouched.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final.parent, name=final.name)  # a killed run's leftovers
-    tmp = final.with_name(f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    lock = os.open(tmp, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # "in use": remove_stale_temporaries skips it
+    with _locked_temporary(final) as tmp:
         try:
             yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         publish_dir(tmp, final)
-    finally:
-        os.close(lock)
+
+
+@contextlib.contextmanager
+def scratch_dir(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder next to `final` for a job's intermediate data (on the
+    same storage as its output, so every worker of a cluster reaches it); removed when the
+    context ends, whether the job succeeded or not. Readers skip it (`_` prefix)."""
+    with _locked_temporary(Path(final), "scratch-") as tmp:
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -12,9 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 
 from jobs import build_sequences as bs
 from jobs.build_sequences import PrepConfig, run
+from jobs.user_events import COUNT_COLUMN
 from jobs.validation import InputError
 from mind_model.data import read_train
 from schemas import (
@@ -153,6 +155,8 @@ def test_counts_identity_and_quarantine_reasons(built):
     assert {r["behavior"] for r in quarantine
             if r["reason"] == "unknown_behavior"} == {"view", None}
     assert json.loads((out / "stats.json").read_text())["counts"] == expected
+    # the scratch copy of the distinct events is gone with the run
+    assert [p.name for p in (root / "sequences").iterdir() if p.name.startswith("_")] == []
 
 
 def test_sequences_match_reference(built):
@@ -359,15 +363,65 @@ def _shuffle_keys(df) -> list[list[str]]:
 
 
 def test_one_shuffle_of_all_events_serves_dedup_and_user_filter(spark, tmp_path):
-    """The kept events cost one exchange of all events, by user_id: the duplicate removal
-    (on all columns) and the user filter's count share it (one sorted pass per partition,
-    jobs.user_events) instead of each shuffling the events again (they did: by all
-    columns, then by user)."""
+    """The distinct events cost one exchange of all events, by user_id: the duplicate
+    removal (on all columns) and the user filter's count share it (one sorted pass per
+    partition, jobs.user_events) instead of each shuffling the events again (they did: by
+    all columns, then by user). The kept events are then read from the scratch copy: no
+    exchange at all."""
     make_logs(tmp_path)
     cfg = config(tmp_path)
     annotated, by_reason = bs.quarantine(bs.extract(spark, cfg).events, cfg.window_days()[0])
-    distinct, kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg)
-    for df in (annotated, distinct, kept):
-        df.unpersist()  # the plan of the computation, not of a cache scan
-    keys = _shuffle_keys(kept.select("*"))
+    keys = _shuffle_keys(bs.distinct_events(annotated))
     assert keys and all(k == ["user_id"] for k in keys), keys
+    scratch = tmp_path / "scratch"
+    _, kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg, scratch)
+    assert "Exchange" not in kept._jdf.queryExecution().executedPlan().toString()
+    assert (scratch / "distinct_events").is_dir()
+
+
+def test_items_table_latest_side_ids_and_counts_match_brute_force(spark):
+    """ITEM_FEATURES from the per-(item, category, brand) pre-aggregate equals a brute force
+    over the events: the latest event's side ids (ties at the same time: the larger
+    category, then brand, a null below any value), the interactions of all and of training
+    users."""
+    rng = random.Random(11)
+    cfg = PrepConfig(data_root=Path("."), ds=D2, split_buckets=4, valid_buckets=1, seed=3,
+                     min_item_count=3)
+    rows = []
+    for _ in range(600):
+        user = f"u{rng.randint(0, 40)}"
+        rows.append((user, f"i{rng.randint(0, 25)}", rng.choice(["c1", "c2", "c3", None]),
+                     rng.choice(["b1", "b2", None]), ts(D2, rng.randint(0, 30))))
+    n_events = Counter(r[0] for r in rows)
+    events = spark.createDataFrame(
+        [(*r, n_events[r[0]]) for r in rows],
+        "user_id string, item_id string, category_id string, brand_id string, "
+        f"event_time timestamp, {COUNT_COLUMN} long")
+    split = {r["user_id"]: r["s"] for r in events.select(
+        "user_id", bs.user_split(F.col("user_id"), F.col(COUNT_COLUMN), cfg).alias("s"))
+        .distinct().collect()}
+    assert set(split.values()) >= {"train", "test"}
+    names = {"item": sorted({r[1] for r in rows}), "category": ["c1", "c2", "c3"],
+             "brand": ["b1", "b2"]}
+    vocab = {n: spark.createDataFrame([(v, UNK_IDX + 1 + k, D2) for k, v in enumerate(vals)],
+                                      VOCAB.spark_schema()) for n, vals in names.items()}
+    idx = {n: {v: UNK_IDX + 1 + k for k, v in enumerate(vals)} for n, vals in names.items()}
+
+    got = {r["item_idx"]: r.asDict() for r in
+           bs.item_table(bs.item_side_counts(events, cfg), vocab, cfg).collect()}
+
+    def null_low(v):
+        return (v is not None, v or "")
+
+    for item in names["item"]:
+        evs = [r for r in rows if r[1] == item]
+        t, cat, brand = max(((r[4], r[2], r[3]) for r in evs),
+                            key=lambda x: (x[0], null_low(x[1]), null_low(x[2])))
+        n_train = sum(split[r[0]] == "train" for r in evs)
+        want = {"item_idx": idx["item"][item],
+                "category_idx": idx["category"].get(cat, UNK_IDX),
+                "brand_idx": idx["brand"].get(brand, UNK_IDX),
+                "interactions": len(evs), "train_interactions": n_train,
+                "id_embedding": n_train >= 3}
+        assert {k: got[want["item_idx"]][k] for k in want} == want, item
+    assert len(got) == len(names["item"])

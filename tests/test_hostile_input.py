@@ -24,7 +24,7 @@ import torch
 from artefacts import cli
 from artefacts.layout import DataLayout
 from artefacts.pointer import CorruptPointer, publish, read_current
-from artefacts.storage import remove_stale_temporaries, staged_dir
+from artefacts.storage import remove_stale_temporaries, scratch_dir, staged_dir
 from jobs import build_index as build_index_job
 from jobs import build_sequences as build_sequences_job
 from jobs import embed_users as embed_users_job
@@ -594,3 +594,18 @@ def test_training_killed_mid_epoch_resumes_from_the_periodic_checkpoint(served, 
     last = load_checkpoint(out / "last.pt")
     assert last["step"] == epochs * spe and last["epoch"] == epochs
     load_model(out / "best.pt")  # loads: a complete, valid checkpoint
+
+
+def test_scratch_folder_goes_on_success_and_on_failure(tmp_path):
+    """A job's scratch folder (jobs.build_sequences: the distinct events) is a hidden
+    `_tmp-` sibling of its output, removed however the job ends; the output is untouched."""
+    final = tmp_path / "out" / "ds=x"
+    with scratch_dir(final) as s:
+        assert s.parent == final.parent and s.name.startswith("_tmp-ds=x-scratch-")
+        (s / "part").write_text("x")
+    assert not s.exists()
+    with pytest.raises(RuntimeError, match="boom"):
+        with scratch_dir(final) as s:
+            (s / "part").write_text("x")
+            raise RuntimeError("boom")
+    assert not s.exists() and list(final.parent.iterdir()) == []

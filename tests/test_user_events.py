@@ -35,8 +35,8 @@ def random_events(n: int, seed: int) -> list[tuple]:
 
 
 def sort_key(row: tuple) -> tuple:
-    """Spark's ascending order: nulls first."""
-    return tuple((v is not None, v) for v in row)
+    """Ascending, nulls last (the order distinct_with_counts returns)."""
+    return tuple((v is None, v) for v in row)
 
 
 def to_table(rows: list[tuple]) -> pa.Table:
@@ -58,7 +58,7 @@ def rows_of(table: pa.Table) -> list[tuple]:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_distinct_with_counts_matches_reference(seed):
-    rows = sorted(random_events(400, seed), key=sort_key)
+    rows = random_events(400, seed)  # unsorted: the function sorts
     want = reference(rows)
     assert len(want) < len(rows)  # the data has duplicates to remove
     assert rows_of(distinct_with_counts(to_table(rows), KEYS)) == want
@@ -73,6 +73,24 @@ def test_streamed_batches_give_the_same_rows(batch_rows):
     assert len(batches) == -(-len(rows) // batch_rows)
     out = pa.Table.from_batches(list(stream_distinct_with_counts(batches, KEYS)))
     assert rows_of(out) == reference(rows)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 5, 64, 10_000])
+def test_groups_of_several_users_unsorted_inside(batch_rows):
+    """Batches grouped by a coarse key that several users share (as users sharing a
+    64-bit hash would), unsorted inside a group: the group column is dropped and the rows
+    are the reference's."""
+    rows = random_events(300, seed=6)
+    group = {u: int(u[1:]) % 4 for u in {r[0] for r in rows}}  # ~8 users per group
+    random.Random(4).shuffle(rows)
+    rows.sort(key=lambda r: group[r[0]])  # stable: groups contiguous, shuffled inside
+    table = to_table(rows).append_column("g", pa.array([group[r[0]] for r in rows], pa.int64()))
+    batches = table.to_batches(max_chunksize=batch_rows)
+    out = pa.Table.from_batches(list(stream_distinct_with_counts(batches, KEYS,
+                                                                 group_column="g")))
+    assert out.column_names == [*KEYS, COUNT_COLUMN]
+    got = sorted(rows_of(out), key=sort_key)  # per group sorted; groups in group order
+    assert got == reference(rows)
 
 
 def test_empty_input_gives_no_rows():
