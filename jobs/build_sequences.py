@@ -354,12 +354,12 @@ def item_table(item_sides: DataFrame, vocab: dict[str, DataFrame],
 
 def user_sequences(events: DataFrame, vocab: dict[str, DataFrame],
                    user_profiles: DataFrame | None, cfg: PrepConfig) -> DataFrame:
-    """One row per user: item idx in time order (ties broken by item, then behaviour),
-    n_events, user_idx, split and profile idx."""
+    """One row per user: item idx in time order (ties broken by item), n_events, user_idx,
+    split and profile idx. (Events equal in time and item but not in behaviour give the
+    same items in either order, so the behaviour stays out of the collected structs.)"""
     ev = with_idx(events, vocab["item"], "item_id", "item_idx")
     seqs = (ev.groupBy("user_id")
-            .agg(F.array_sort(F.collect_list(
-                F.struct("event_time", "item_idx", "behavior"))).alias("evs"))
+            .agg(F.array_sort(F.collect_list(F.struct("event_time", "item_idx"))).alias("evs"))
             .select("user_id", F.col("evs.item_idx").alias("items"))
             .withColumn("n_events", F.size("items").cast("long")))
     seqs = with_idx(seqs, vocab["user"], "user_id", "user_idx")

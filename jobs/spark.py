@@ -43,6 +43,10 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.driver.memory": "2g",
+    # joins of all events with a vocabulary too large to broadcast hash the vocabulary
+    # side instead of sorting every event by id (Spark still sort-merges when neither side
+    # fits in memory per partition); 30M events: the join stage 45 -> 22 s (README)
+    "spark.sql.join.preferSortMergeJoin": "false",
 }
 
 
