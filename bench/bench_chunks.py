@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = bs.PrepConfig(data_root=work, ds=END_DS, lookback_days=DAYS)
     inputs = bs.extract(spark, cfg)
     annotated, by_reason = bs.quarantine(inputs.events, cfg.window_days()[0])
-    _, kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg, work / "scratch")
+    kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg, work / "scratch")
     out = bs.transform(kept, inputs.profiles, inputs.prev_vocab, cfg)
     sizes = bs.split_sizes(out["seqs"], 1)
     samples = sizes["train"]["samples"]

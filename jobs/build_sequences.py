@@ -429,8 +429,7 @@ def transform(events: DataFrame, profiles: DataFrame | None,
               prev_vocab: DataFrame | None, cfg: PrepConfig) -> dict[str, DataFrame]:
     """Kept events -> vocabularies, users, items, training / evaluation / latest sequences.
 
-    `vocab_all`, the item vocabulary, `item_sides` and the user profiles are persisted;
-    the caller unpersists them."""
+    What it persists is listed under "persisted"; the caller unpersists it."""
     user_profiles = one_profile_per_user(profiles, events)
     if user_profiles is not None:  # read by the vocabulary and by the sequences
         user_profiles = user_profiles.persist(StorageLevel.MEMORY_AND_DISK)
@@ -445,8 +444,9 @@ def transform(events: DataFrame, profiles: DataFrame | None,
     seqs = user_sequences(events, vocab, user_profiles, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     heldout = heldout_samples(seqs, cfg.max_len, cfg.seed)
     return {
-        "vocab_all": vocab_all, "profiles": user_profiles,
-        "vocab": vocab, "items": item_table(item_sides, vocab, cfg), "item_sides": item_sides,
+        "vocab_all": vocab_all, "vocab": vocab, "items": item_table(item_sides, vocab, cfg),
+        "persisted": [df for df in (user_profiles, item_sides, vocab_all, vocab["item"], seqs)
+                      if df is not None],
         "users": seqs.select(*USERS.names),
         "seqs": seqs, "train": training_chunks(seqs, cfg.max_len, cfg.chunk_targets),
         "valid": heldout.where(F.col("split") == "valid").drop("split"),
@@ -536,9 +536,8 @@ def distinct_events(annotated: DataFrame) -> DataFrame:
 
 
 def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int],
-                           cfg: PrepConfig, scratch: Path
-                           ) -> tuple[DataFrame, DataFrame, dict[str, int]]:
-    """(distinct, kept) events with their user's event count (`COUNT_COLUMN`), and the row
+                           cfg: PrepConfig, scratch: Path) -> tuple[DataFrame, dict[str, int]]:
+    """The kept events with their user's event count (`COUNT_COLUMN`), and the row
     accounting input = kept + quarantined + duplicates + filtered, checked.
 
     The distinct events are computed once and written to `scratch` (Parquet, on the
@@ -573,7 +572,7 @@ def deduplicate_and_filter(annotated: DataFrame, by_reason: dict[str | None, int
         raise InputError(
             f"no events left for ds={cfg.ds} after quarantine and filtering ({counts}); "
             f"lower min_item_count/min_user_count or check {cfg.events_root}")
-    return distinct, kept, counts
+    return kept, counts
 
 
 def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
@@ -649,7 +648,7 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
     annotated, by_reason = quarantine(inputs.events, window_start)
     with scratch_dir(cfg.output_dir) as scratch:  # the distinct events; gone at the end
         stage("de-duplicating and filtering")
-        distinct, kept, counts = deduplicate_and_filter(annotated, by_reason, cfg, scratch)
+        kept, counts = deduplicate_and_filter(annotated, by_reason, cfg, scratch)
 
         stage("building vocabularies, users, items and sequences")
         out = transform(kept, inputs.profiles, inputs.prev_vocab, cfg)
@@ -659,10 +658,8 @@ def run(cfg: PrepConfig, spark: SparkSession | None = None) -> dict[str, Any]:
         stage(f"writing {cfg.output_dir}")
         load(out, annotated.where(F.col("reason").isNotNull()), out["train"], counts, stats,
              cfg, stage, t0)
-        for df in (kept, out["seqs"], out["vocab_all"], out["profiles"], out["vocab"]["item"],
-                   out["item_sides"]):
-            if df is not None:
-                df.unpersist()
+        for df in (kept, *out["persisted"]):
+            df.unpersist()
     log.info("ds=%s: %s -> %d train samples, %d users, %d items in %.1fs",
              cfg.ds, counts, stats["train_samples"], stats["users"]["total"], stats["items"],
              stats["seconds"])

@@ -28,7 +28,6 @@ from pyspark.sql import functions as F
 from schemas import FIRST_IDX, VOCAB
 
 _POSITION_BITS = 33  # monotonically_increasing_id: the partition id sits above bit 33
-NAMED_VOCAB_SCHEMA = "name string, value string, idx int, first_ds string"
 
 
 def partition_offsets(counts: list[tuple[int, str, int]],
@@ -59,11 +58,11 @@ def extend_vocabularies(values: DataFrame, previous: DataFrame | None, ds: str) 
     of a ds reproduces it exactly. It is persisted (MEMORY_AND_DISK); the caller
     unpersists it."""
     spark = values.sparkSession
-    if previous is None:
-        previous = spark.createDataFrame([], NAMED_VOCAB_SCHEMA)
-    # one row per vocabulary, whatever their sizes
-    bases = {r[0]: r[1] for r in previous.groupBy("name").agg(F.max("idx")).collect()}
-    new = values.join(previous.select("name", "value"), ["name", "value"], "left_anti")
+    if previous is None:  # a first run: every value is new, every name starts at FIRST_IDX
+        new, bases = values, {}
+    else:  # one row per vocabulary, whatever their sizes
+        bases = {r[0]: r[1] for r in previous.groupBy("name").agg(F.max("idx")).collect()}
+        new = values.join(previous.select("name", "value"), ["name", "value"], "left_anti")
     # (partition, position) of every new value in the global order, fixed once computed
     tagged = (new.orderBy("name", F.col("n").desc(), "value")
               .select("name", "value", F.spark_partition_id().alias("pid"),
@@ -78,8 +77,9 @@ def extend_vocabularies(values: DataFrame, previous: DataFrame | None, ds: str) 
                 .select("name", "value", (F.col("offset") + position).cast("int").alias("idx"),
                         F.lit(ds).alias("first_ds")))
     # materialised here, so that the tags are computed once and their cache can go
-    out = previous.select("name", *VOCAB.names).unionByName(appended) \
-        .persist(StorageLevel.MEMORY_AND_DISK)
+    if previous is not None:
+        appended = previous.select("name", *VOCAB.names).unionByName(appended)
+    out = appended.persist(StorageLevel.MEMORY_AND_DISK)
     out.count()
     tagged.unpersist()
     return out

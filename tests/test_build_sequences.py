@@ -374,7 +374,7 @@ def test_one_shuffle_of_all_events_serves_dedup_and_user_filter(spark, tmp_path)
     keys = _shuffle_keys(bs.distinct_events(annotated))
     assert keys and all(k == ["user_id"] for k in keys), keys
     scratch = tmp_path / "scratch"
-    _, kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg, scratch)
+    kept, _ = bs.deduplicate_and_filter(annotated, by_reason, cfg, scratch)
     assert "Exchange" not in kept._jdf.queryExecution().executedPlan().toString()
     assert (scratch / "distinct_events").is_dir()
 
