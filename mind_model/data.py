@@ -125,11 +125,19 @@ def read_eval(seq_dir: Path | str, split: str = "test") -> dict[str, np.ndarray]
     return _read(Path(seq_dir), split, EVAL_SAMPLES)
 
 
-def expand_chunks(chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+TRAIN_CONTEXTS = ("past", "chunk")
+
+
+def expand_chunks(chunks: dict[str, np.ndarray], context: str = "past") -> dict[str, np.ndarray]:
     """TRAIN_CHUNKS columns (hist (N, L), hist_len, targets (N, C), n_targets, user_idx,
     profile ids; N chunks) -> TRAIN_SAMPLES columns (S = sum(n_targets) samples), in chunk
     order then target order, dtypes kept. Target j of a chunk has as history the last L
-    items of hist[:hist_len] + targets[:j]."""
+    items of hist[:hist_len] + targets[:j] (context "past", the paper's), or of
+    hist[:hist_len] + every other target of the chunk, before and after it (context
+    "chunk": a training-only augmentation for data whose order carries little; the
+    evaluation and serving histories stay the behaviours before the target)."""
+    if context not in TRAIN_CONTEXTS:
+        raise ValueError(f"context must be one of {TRAIN_CONTEXTS}, got {context!r}")
     hist, targets = np.asarray(chunks["hist"]), np.asarray(chunks["targets"])
     n, L = hist.shape
     hist_len = np.asarray(chunks["hist_len"], dtype=np.int64)
@@ -140,19 +148,31 @@ def expand_chunks(chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     items = np.concatenate([ctx, targets], axis=1)
     row = np.repeat(np.arange(n), n_t)                                  # (S,) chunk of sample
     j = np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)      # (S,) target in chunk
-    h = np.minimum(hist_len[row] + j, L)                                # (S,) history length
-    src = (L + j - h)[:, None] + np.arange(L)                           # (S, L) in items
-    real = np.arange(L) < h[:, None]
+    if context == "past":
+        h = np.minimum(hist_len[row] + j, L)                            # (S,) history length
+        src = (L + j - h)[:, None] + np.arange(L)                       # (S, L) in items
+        real = np.arange(L) < h[:, None]
+        sample_hist = np.where(real, items[row[:, None], np.minimum(src, items.shape[1] - 1)],
+                               PAD_IDX)
+    else:  # the chunk's items but the target itself, the last L of them, in order
+        col = np.arange(items.shape[1])                                 # (L + C,)
+        usable = ((col >= (L - hist_len)[row][:, None])
+                  & (col < (L + n_t)[row][:, None]) & (col != (L + j)[:, None]))  # (S, L + C)
+        from_end = np.cumsum(usable[:, ::-1], axis=1)[:, ::-1]          # usable at or after
+        keep = usable & (from_end <= L)
+        h = keep.sum(axis=1)
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :L]         # kept columns first
+        real = np.arange(L) < h[:, None]
+        sample_hist = np.where(real, np.take_along_axis(items[row], first, 1), PAD_IDX)
     out = {"user_idx": np.asarray(chunks["user_idx"])[row],
-           "hist": np.where(real, items[row[:, None], np.minimum(src, items.shape[1] - 1)],
-                            PAD_IDX).astype(hist.dtype),
+           "hist": sample_hist.astype(hist.dtype),
            "hist_len": h.astype(np.asarray(chunks["hist_len"]).dtype),
            "target": targets[row, j]}
     out.update({c: np.asarray(chunks[c])[row] for c in PROFILE_COLUMNS})
     return out
 
 
-def read_train(seq_dir: Path | str) -> dict[str, np.ndarray]:
+def read_train(seq_dir: Path | str, context: str = "past") -> dict[str, np.ndarray]:
     """All training samples in memory (baselines and small data; training streams instead):
-    the TRAIN_SAMPLES columns, int64, expanded from the stored chunks."""
-    return expand_chunks(_read(Path(seq_dir), "train", TRAIN_CHUNKS))
+    the TRAIN_SAMPLES columns, int64, expanded from the stored chunks (`expand_chunks`)."""
+    return expand_chunks(_read(Path(seq_dir), "train", TRAIN_CHUNKS), context)

@@ -142,17 +142,18 @@ def shuffled_batches(parts: Iterator[Columns], batch_size: int, capacity: int,
         yield from _batches(pool, len(pool["target"]) // batch_size, batch_size)
 
 
-def _pass_samples(reader) -> Iterator[Columns]:
+def _pass_samples(reader, context: str = "past") -> Iterator[Columns]:
     """One pass of a petastorm batch reader over TRAIN_CHUNKS -> TRAIN_SAMPLES columns,
-    one dict per row group (or part of one)."""
+    one dict per row group (or part of one); `context` as in `expand_chunks`."""
     for chunk in reader:
-        yield expand_chunks(chunk._asdict())
+        yield expand_chunks(chunk._asdict(), context)
 
 
 def train_batches(train_dir: Path | str, *, rank: int = 0, world_size: int = 1,
                   batch_size: int = 256, seed: int = 0, shuffle: bool = True,
                   workers: int = DEFAULT_WORKERS,
-                  shuffle_buffer: int | None = None) -> Iterator[dict[str, Tensor]]:
+                  shuffle_buffer: int | None = None,
+                  context: str = "past") -> Iterator[dict[str, Tensor]]:
     """Endless stream of full (B = batch_size) batches of `rank`'s shard of `train_dir`.
 
     shuffle: shuffle the row-group order (per pass, seeded) and samples through a buffer of
@@ -180,7 +181,8 @@ def train_batches(train_dir: Path | str, *, rank: int = 0, world_size: int = 1,
         # one pass per loop; resetting the reader reshuffles the row groups from its seed
         while True:
             full = 0
-            for batch in shuffled_batches(_pass_samples(reader), batch_size, capacity, rng):
+            for batch in shuffled_batches(_pass_samples(reader, context), batch_size,
+                                          capacity, rng):
                 full += 1
                 yield batch
             if not full:

@@ -67,7 +67,7 @@ from mind_model.checkpoint import (
     warm_start,
 )
 from mind_model.config import SAMPLERS, ModelConfig, ModelSettings, mind_1, youtube_dnn
-from mind_model.data import DatasetMeta, load_meta
+from mind_model.data import TRAIN_CONTEXTS, DatasetMeta, load_meta
 from mind_model.distributed import (
     Dist,
     StopFlag,
@@ -134,6 +134,9 @@ class TrainConfig(ModelSettings):
     device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
     reader_workers: int = 1  # petastorm reader threads/process; > 1: batch order timing-dependent
     shuffle_buffer: int | None = None  # rows in the shuffling buffer (None = reader's default)
+    # a training sample's history: "past" = the behaviours before the target (the paper);
+    # "chunk" = the user's other behaviours of the stored chunk, also those after it
+    train_context: str = "past"
     progress: bool = True  # tqdm bar on rank 0
     dist_timeout_min: float = 60.0  # collective timeout; rank 0's evaluation must fit in it
     tracking: bool = True  # log the run to MLflow (rank 0; mind_model.tracking; MIND_TRACKING=0)
@@ -154,6 +157,9 @@ class TrainConfig(ModelSettings):
             raise ValueError("save_every_steps and save_every_minutes must be >= 0")
         if self.routing_lr_scale < 0:
             raise ValueError("routing_lr_scale must be >= 0")
+        if self.train_context not in TRAIN_CONTEXTS:
+            raise ValueError(f"train_context must be one of {TRAIN_CONTEXTS}, "
+                             f"got {self.train_context!r}")
         if self.eval_split not in ("valid", "test"):
             raise ValueError("eval_split must be 'valid' or 'test'")
 
@@ -539,7 +545,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     bar = _progress(run.total, run.start_step, cfg.progress and d.main)
     batches = train_batches(run.train_dir, rank=d.rank, world_size=d.world_size,
                             batch_size=cfg.batch_size, seed=run.seed, workers=cfg.reader_workers,
-                            shuffle_buffer=cfg.shuffle_buffer)
+                            shuffle_buffer=cfg.shuffle_buffer, context=cfg.train_context)
     try:
         with contextlib.closing(batches), StopFlag() as stop_flag:
             run.step_module.train()

@@ -418,6 +418,8 @@ def test_routing_map_learns_at_its_own_rate(tmp_path):
     assert len(param_groups(yt, cfg)) == 1
     with pytest.raises(ValueError, match="routing_lr_scale"):
         TrainConfig(data_dir=tmp_path, out_dir=tmp_path, routing_lr_scale=-1)
+    with pytest.raises(ValueError, match="train_context"):
+        TrainConfig(data_dir=tmp_path, out_dir=tmp_path, train_context="future")
 
 
 def test_optimizer_state_is_matched_by_name_across_a_regrouping(tmp_path):

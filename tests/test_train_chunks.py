@@ -51,13 +51,14 @@ def as_counter(cols: dict) -> Counter:
                        *(cols[c].tolist() for c in PROFILE_COLUMNS)))
 
 
-def one_pass_of_reader(train_dir: Path, world_size: int) -> Counter:
+def one_pass_of_reader(train_dir: Path, world_size: int, context: str = "past") -> Counter:
     """Every rank's stream for exactly its shard's number of samples (batch size 1)."""
     got: Counter = Counter()
     for rank in range(world_size):
         n = shard_samples(train_dir, rank, world_size)
         with contextlib.closing(train_batches(train_dir, rank=rank, world_size=world_size,
-                                              batch_size=1, seed=11, shuffle_buffer=500)) as it:
+                                              batch_size=1, seed=11, shuffle_buffer=500,
+                                              context=context)) as it:
             batches = [next(it) for _ in range(n)]
         got += as_counter({k: np.concatenate([b[k].numpy() for b in batches])
                            for k in batches[0]})
@@ -70,6 +71,10 @@ def check(root: Path, stats: dict, max_len: int, min_user: int) -> None:
     assert sum(want.values()) == stats["train_samples"] > stats["train_chunks"]
     assert as_counter(read_train(out)) == want
     assert one_pass_of_reader(out / "train", 2) == want
+    # the reader passes its context on: the same samples as expanding every chunk at once
+    chunk_context = as_counter(read_train(out, "chunk"))
+    assert chunk_context != want and sum(chunk_context.values()) == sum(want.values())
+    assert one_pass_of_reader(out / "train", 2, "chunk") == chunk_context
 
 
 def test_generated_logs(spark, tmp_path):
@@ -98,6 +103,45 @@ def test_expand_chunks_by_hand():
     assert s["hist_len"].tolist() == [1, 2, 3, 3, 3, 3]
     assert s["hist"].tolist() == [[10, 0, 0], [10, 11, 0], [10, 11, 12], [11, 12, 13],
                                   [12, 13, 14], [13, 14, 15]]
+
+
+def test_expand_chunks_chunk_context_by_hand():
+    # one user 10..16, L = 3, C = 3: targets 11 12 13 | 14 15 16; with context "chunk" a
+    # target's history is the chunk's other items, those after it included (last 3 kept)
+    chunks = {"user_idx": np.array([7, 7]), "hist_len": np.array([1, 3]),
+              "hist": np.array([[10, 0, 0], [11, 12, 13]]),
+              "targets": np.array([[11, 12, 13], [14, 15, 16]]),
+              "n_targets": np.array([3, 3]),
+              **{c: np.full(2, 1) for c in PROFILE_COLUMNS}}
+    s = expand_chunks(chunks, "chunk")
+    assert s["target"].tolist() == [11, 12, 13, 14, 15, 16]
+    assert s["hist"].tolist() == [[10, 12, 13], [10, 11, 13], [10, 11, 12],
+                                  [13, 15, 16], [13, 14, 16], [13, 14, 15]]
+    assert s["hist_len"].tolist() == [3] * 6
+    with pytest.raises(ValueError, match="context"):
+        expand_chunks(chunks, "future")
+
+
+@pytest.mark.parametrize("context", ["past", "chunk"])
+def test_expand_chunks_against_brute_force(context):
+    rng = np.random.default_rng(3)
+    L, C, n = 5, 4, 400
+    hist_len, n_t = rng.integers(0, L + 1, n), rng.integers(1, C + 1, n)
+    hist, targets = np.zeros((n, L), np.int64), np.zeros((n, C), np.int64)
+    want = []
+    for i in range(n):
+        h, t = rng.integers(2, 50, hist_len[i]), rng.integers(2, 50, n_t[i])
+        hist[i, :hist_len[i]], targets[i, :n_t[i]] = h, t
+        for j in range(n_t[i]):
+            after = list(t[j + 1:]) if context == "chunk" else []
+            ctx = (list(h) + list(t[:j]) + after)[-L:]
+            want.append((i, tuple(ctx + [PAD_IDX] * (L - len(ctx))), len(ctx), int(t[j])))
+    s = expand_chunks({"user_idx": np.arange(n), "hist": hist, "hist_len": hist_len,
+                       "targets": targets, "n_targets": n_t,
+                       **{c: np.zeros(n, np.int64) for c in PROFILE_COLUMNS}}, context)
+    got = list(zip(s["user_idx"].tolist(), map(tuple, s["hist"].tolist()),
+                   s["hist_len"].tolist(), s["target"].tolist()))
+    assert got == want
 
 
 def test_shuffle_buffer_yields_each_sample_once_and_mixes():
