@@ -134,9 +134,8 @@ class TrainConfig(ModelSettings):
     device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
     reader_workers: int = 1  # petastorm reader threads/process; > 1: batch order timing-dependent
     shuffle_buffer: int | None = None  # rows in the shuffling buffer (None = reader's default)
-    # a training sample's history: "past" = the behaviours before the target (the paper);
-    # "chunk" = the user's other behaviours of the stored chunk, also those after it
-    train_context: str = "past"
+    # "chunk": a training sample's history also holds the chunk's later behaviours (README)
+    train_context: str = "past"  # "past" (the behaviours before the target) or "chunk"
     progress: bool = True  # tqdm bar on rank 0
     dist_timeout_min: float = 60.0  # collective timeout; rank 0's evaluation must fit in it
     tracking: bool = True  # log the run to MLflow (rank 0; mind_model.tracking; MIND_TRACKING=0)
