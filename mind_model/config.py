@@ -38,6 +38,9 @@ class ModelSettings:
     routing_sigma: float = 1.0  # std of the initial routing logits
     routing_init_scale: float = 1.0  # S starts as this times the identity
     dynamic_interests: bool = True  # K'_u = max(1, min(K, floor(log2 |I_u|)))
+    # added to floor(log2 |I_u|) before the clamp: 1 gives users with 2-3 behaviours two
+    # interests, 4-7 three, ...; 0 = the paper's rule
+    extra_interests: int = 0
     # --- label-aware attention
     pow_p: float = math.inf  # inf = hard attention (paper's best), 0 = uniform
     # --- sampled softmax
@@ -64,6 +67,9 @@ class ModelSettings:
         if not self.cosine_temperature >= 0:  # also rejects nan
             raise ValueError(f"cosine_temperature must be >= 0 (0 = off), "
                              f"got {self.cosine_temperature}")
+        if self.extra_interests < 0:
+            raise ValueError(f"extra_interests must be >= 0 (0 = the paper's K'_u), "
+                             f"got {self.extra_interests}")
         if self.history_window < 0:
             raise ValueError(f"history_window must be >= 0 (0 = all L), "
                              f"got {self.history_window}")

@@ -56,8 +56,10 @@ def squash(z: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
     return sq / (1.0 + sq) * z / torch.sqrt(sq + eps)
 
 
-def n_active_interests(hist_len: Tensor, k: int, dynamic: bool = True) -> Tensor:
-    """K'_u = max(1, min(K, floor(log2 |I_u|))) per user; (B,) long. K for all if not dynamic."""
+def n_active_interests(hist_len: Tensor, k: int, dynamic: bool = True,
+                       extra: int = 0) -> Tensor:
+    """K'_u = max(1, min(K, floor(log2 |I_u|) + extra)) per user; (B,) long; extra = 0 is
+    the paper's rule. K for all if not dynamic."""
     if not dynamic:
         return torch.full_like(hist_len, k, dtype=torch.long)
     n = hist_len.long().clamp(min=1)
@@ -65,7 +67,7 @@ def n_active_interests(hist_len: Tensor, k: int, dynamic: bool = True) -> Tensor
     log2 = torch.zeros_like(n)
     for m in range(1, k + 1):  # only values up to K matter
         log2 = torch.where(n >= (1 << m), torch.full_like(n, m), log2)
-    return log2.clamp(min=1, max=k)
+    return (log2 + extra).clamp(min=1, max=k)
 
 
 def behaviour_mask(hist: Tensor, hist_len: Tensor) -> Tensor:
@@ -225,10 +227,12 @@ class B2IRouting(nn.Module):
     """
 
     def __init__(self, dim: int, n_interests: int, iters: int = 3, sigma: float = 1.0,
-                 dynamic: bool = True, seed: int = 0, init_scale: float = 1.0):
+                 dynamic: bool = True, seed: int = 0, init_scale: float = 1.0,
+                 extra_interests: int = 0):
         super().__init__()
         self.k, self.iters, self.sigma, self.dynamic, self.seed = (n_interests, iters, sigma,
                                                                    dynamic, seed)
+        self.extra_interests = extra_interests
         self.S = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
             self.S.weight.copy_(torch.eye(dim) * init_scale)
@@ -268,7 +272,8 @@ class B2IRouting(nn.Module):
         dev = e_hat.device
         if bmask is None:
             bmask = torch.arange(L, device=dev)[None, :] < hist_len[:, None]  # (B, L)
-        k_active = n_active_interests(hist_len, self.k, self.dynamic).to(dev)  # (B,)
+        k_active = n_active_interests(hist_len, self.k, self.dynamic,
+                                      self.extra_interests).to(dev)  # (B,)
         imask = torch.arange(self.k, device=dev)[None, :] < k_active[:, None]  # (B, K)
 
         e_hat_nograd = e_hat.detach()
@@ -374,7 +379,8 @@ class MIND(nn.Module):
         self.items = ItemEmbedding(cfg.n_items, d, cfg.n_categories, cfg.n_brands,
                                    cfg.embed_init_std)
         self.routing = (B2IRouting(d, cfg.n_interests, cfg.routing_iters, cfg.routing_sigma,
-                                   cfg.dynamic_interests, cfg.routing_seed, cfg.routing_init_scale)
+                                   cfg.dynamic_interests, cfg.routing_seed, cfg.routing_init_scale,
+                                   cfg.extra_interests)
                         if cfg.pooling == "routing" else None)
         self.profile = ProfileEmbedding(cfg.profile_vocab, cfg.profile_dim)
         self.tower = UserTower(d, self.profile.out_dim, cfg.tower_hidden)

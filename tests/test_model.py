@@ -193,6 +193,23 @@ def test_dynamic_interest_number_respects_k():
     assert got.tolist() == [1, 1, 1, 2, 3, 3]
 
 
+def test_extra_interests_shift_the_dynamic_interest_number():
+    """K'_u = max(1, min(K, floor(log2 n) + extra)), by hand for K = 4, extra = 1."""
+    n = torch.tensor([0, 1, 2, 3, 4, 7, 8, 15, 100])
+    assert n_active_interests(n, k=4, extra=1).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 4]
+    assert n_active_interests(n, k=4, extra=2).tolist() == [2, 2, 3, 3, 4, 4, 4, 4, 4]
+    # the model masks what the rule says, in routing and at serving
+    cfg = tiny_cfg(extra_interests=1)
+    model = MIND(cfg).eval()
+    batch = make_batch(lens=[1, 2, 4, 8])
+    _, mask = model.user_interests(batch["hist"], batch["hist_len"],
+                                   {k: batch[k] for k in ("gender_idx", "age_bucket_idx")})
+    assert mask.sum(1).tolist() == [1, 2, 3, 4]
+    assert ModelConfig.from_dict(cfg.to_dict()).extra_interests == 1  # saved in checkpoints
+    with pytest.raises(ValueError, match="extra_interests"):
+        tiny_cfg(extra_interests=-1)
+
+
 def test_mistake1_routing_logits_are_fresh_per_forward_and_per_user():
     """Mistake 1: logits kept as a variable across batches and shared by all users."""
     torch.manual_seed(0)
