@@ -25,8 +25,9 @@ import logging
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ class PrepConfig:
     seed: int = 42
     min_row_groups: int = 16     # >= the largest number of training processes
     rows_per_file: int = 200_000
+    write_threads: int = 4       # tables written side by side (Spark jobs from driver threads)
     master: str | None = None    # Spark master URL; None -> MIND_SPARK_MASTER or local[*]
     events_dir: Path | None = None    # default <data_root>/raw/events
     profiles_dir: Path | None = None  # default <data_root>/raw/profiles (optional input)
@@ -103,7 +105,8 @@ class PrepConfig:
                             ("--filter-rounds", self.filter_rounds),
                             ("--split-buckets", self.split_buckets),
                             ("--min-row-groups", self.min_row_groups),
-                            ("--rows-per-file", self.rows_per_file)):
+                            ("--rows-per-file", self.rows_per_file),
+                            ("--write-threads", self.write_threads)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if min(self.min_item_count, self.min_user_count) < 0:
@@ -497,6 +500,18 @@ def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
     return max(minimum, math.ceil(rows / cfg.rows_per_file))
 
 
+def run_side_by_side(writes: list[Any], threads: int) -> None:
+    """Call every `writes` function from up to `threads` driver threads. Spark runs the jobs
+    of different threads at once, so the single task of a small table (vocabularies, items,
+    the held-out users) runs on a core that a larger table's last tasks leave idle. Every
+    write ends before the first error, if any, is raised: nothing still writes into the
+    staging folder when it is removed."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="write") as pool:
+        futures = [pool.submit(w) for w in writes]
+    for f in futures:
+        f.result()  # re-raises the write's exception
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -582,20 +597,24 @@ def load(out: dict[str, DataFrame], quarantined: DataFrame, train: DataFrame,
     `stats` is completed here with what only the writing step knows."""
     n_users, splits = stats["users"]["total"], stats["users"]
     with staged_dir(cfg.output_dir) as tmp:
-        write_table(train, tmp / "train", TRAIN_CHUNKS,
-                    files=n_files(stats["train_samples"], cfg, cfg.min_row_groups),
-                    sort_by=["user_idx", "t"])
-        for split in ("valid", "test"):
-            write_table(out[split], tmp / split, EVAL_SAMPLES, files=n_files(splits[split], cfg))
-        write_table(out["latest"], tmp / "latest", LATEST_SEQUENCES, files=n_files(n_users, cfg))
-        write_table(out["users"], tmp / "users", USERS, files=n_files(n_users, cfg))
-        write_table(out["items"], tmp / "items", ITEM_FEATURES, files=1)
         if not counts["quarantined"]:  # known empty: no second scan of every raw event
             quarantined = quarantined.sparkSession.createDataFrame([], QUARANTINE.spark_schema())
-        write_table(quarantined, tmp / "quarantine", QUARANTINE,
-                    files=n_files(counts["quarantined"], cfg))
-        for name, df in out["vocab"].items():
-            write_table(df, tmp / "vocab" / name, VOCAB, files=1)
+        writes = [  # the largest first, so the small ones fill in around it
+            partial(write_table, train, tmp / "train", TRAIN_CHUNKS,
+                    files=n_files(stats["train_samples"], cfg, cfg.min_row_groups),
+                    sort_by=["user_idx", "t"]),
+            partial(write_table, out["items"], tmp / "items", ITEM_FEATURES, files=1),
+            *[partial(write_table, out[split], tmp / split, EVAL_SAMPLES,
+                      files=n_files(splits[split], cfg)) for split in ("valid", "test")],
+            partial(write_table, out["latest"], tmp / "latest", LATEST_SEQUENCES,
+                    files=n_files(n_users, cfg)),
+            partial(write_table, out["users"], tmp / "users", USERS, files=n_files(n_users, cfg)),
+            partial(write_table, quarantined, tmp / "quarantine", QUARANTINE,
+                    files=n_files(counts["quarantined"], cfg)),
+            *[partial(write_table, df, tmp / "vocab" / name, VOCAB, files=1)
+              for name, df in out["vocab"].items()],
+        ]
+        run_side_by_side(writes, cfg.write_threads)
         largest = dict(out["vocab_all"].groupBy("name").agg(F.max("idx")).collect())
         vocab_sizes = {name: int(largest.get(name) or UNK_IDX) + 1 for name in out["vocab"]}
 
@@ -687,6 +706,8 @@ def parse_args(argv: list[str] | None = None) -> PrepConfig:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-row-groups", type=int, default=d.min_row_groups)
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file)
+    p.add_argument("--write-threads", type=int, default=d.write_threads,
+                   help="output tables written side by side (1: one after the other)")
     p.add_argument("--events-dir", type=Path, default=None)
     p.add_argument("--profiles-dir", type=Path, default=None)
     add_spark_arguments(p)

@@ -355,6 +355,28 @@ def test_failed_write_leaves_previous_output(spark, built, monkeypatch):
     assert os.path.exists(out / "stats.json")
 
 
+def test_side_by_side_writes_all_finish_before_an_error_is_raised():
+    """A failed write must not leave the others still writing into the staging folder that
+    the failure removes: every write ends first, then the first error is raised."""
+    import threading
+    import time as _time
+    done, started = [], threading.Barrier(3)
+
+    def write(i):
+        def call():
+            if i < 3:
+                started.wait(timeout=5)  # the first 3 writes really run at once (3 threads)
+            if i == 0:
+                raise OSError("disk full (simulated)")
+            _time.sleep(0.2)
+            done.append(i)
+        return call
+
+    with pytest.raises(OSError, match="simulated"):
+        bs.run_side_by_side([write(i) for i in range(5)], threads=3)
+    assert sorted(done) == [1, 2, 3, 4]
+
+
 def _shuffle_keys(df) -> list[list[str]]:
     """The partitioning columns of each shuffle (Exchange) in df's physical plan."""
     plan = df._jdf.queryExecution().executedPlan().toString()

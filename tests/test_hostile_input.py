@@ -331,6 +331,7 @@ BAD_FLAGS = [
     (build_sequences_job, ["--ds", DS, "--lookback-days", "0"], "--lookback-days"),
     (build_sequences_job, ["--ds", DS, "--lookback-days", "36601"], "--lookback-days"),
     (build_sequences_job, ["--ds", DS, "--max-len", "-1"], "--max-len"),
+    (build_sequences_job, ["--ds", DS, "--write-threads", "0"], "--write-threads"),
     (build_index_job, ["--ds", DS, "--shards", "0"], "--shards"),
     (build_index_job, ["--ds", DS, "--recall-threshold", "1.5"], "--recall-threshold"),
     (build_index_job, ["--ds", DS, "--recall-users", "0"], "--recall-users"),
