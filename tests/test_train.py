@@ -377,7 +377,7 @@ def test_every_model_setting_of_a_run_reaches_the_model(seq_dir, tmp_path):
                "n_interests": 3, "routing_iters": 5, "routing_sigma": 0.5,
                "routing_init_scale": 2.0, "dynamic_interests": False, "pow_p": 2.0, "n_neg": 64,
                "sampler": "popularity", "logit_scale": 3.0, "cosine_temperature": 0.1,
-               "hist_dropout": 0.2, "history_window": 5}
+               "hist_dropout": 0.2, "history_window": 5, "extra_interests": 1}
     names = {f.name for f in dataclasses.fields(ModelSettings)}
     assert set(changed) == names  # a new setting must be added to this test too
     defaults = ModelSettings()
