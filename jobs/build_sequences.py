@@ -25,6 +25,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial, reduce
@@ -500,7 +501,7 @@ def n_files(rows: int, cfg: PrepConfig, minimum: int = 1) -> int:
     return max(minimum, math.ceil(rows / cfg.rows_per_file))
 
 
-def run_side_by_side(writes: list[Any], threads: int) -> None:
+def run_side_by_side(writes: Sequence[Callable[[], None]], threads: int) -> None:
     """Call every `writes` function from up to `threads` driver threads. Spark runs the jobs
     of different threads at once, so the single task of a small table (vocabularies, items,
     the held-out users) runs on a core that a larger table's last tasks leave idle. Every

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -338,12 +339,11 @@ def test_failed_write_leaves_previous_output(spark, built, monkeypatch):
     root, _, _ = built
     out = root / "sequences" / f"ds={D2}"
     before = sorted(map(str, read(out / "train")))
-    calls = {"n": 0}
+    calls = itertools.count(1)  # next() is atomic: the writes run on several threads
     real = bs.write_table
 
     def failing(df, path, table, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
+        if next(calls) == 3:
             raise OSError("disk full (simulated)")
         return real(df, path, table, **kw)
 
