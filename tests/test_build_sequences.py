@@ -7,6 +7,8 @@ import json
 import os
 import random
 import re
+import threading
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -358,8 +360,6 @@ def test_failed_write_leaves_previous_output(spark, built, monkeypatch):
 def test_side_by_side_writes_all_finish_before_an_error_is_raised():
     """A failed write must not leave the others still writing into the staging folder that
     the failure removes: every write ends first, then the first error is raised."""
-    import threading
-    import time as _time
     done, started = [], threading.Barrier(3)
 
     def write(i):
@@ -368,7 +368,7 @@ def test_side_by_side_writes_all_finish_before_an_error_is_raised():
                 started.wait(timeout=5)  # the first 3 writes really run at once (3 threads)
             if i == 0:
                 raise OSError("disk full (simulated)")
-            _time.sleep(0.2)
+            time.sleep(0.2)
             done.append(i)
         return call
 
